@@ -1,0 +1,1 @@
+"""Split knowledge distillation in plain PyTorch + Transformers (no Flower)."""

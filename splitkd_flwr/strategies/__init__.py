@@ -1,0 +1,1 @@
+"""Server-side decisions: device selection, cut-layer planning, round loops."""

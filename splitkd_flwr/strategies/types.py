@@ -1,0 +1,37 @@
+"""What the server knows when it decides: devices, their links, and the round's workload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """One device as the selector and planner see it at the start of a round.
+
+    Link figures are the modelled 5G NR link in simulation and ``None`` where nothing
+    is known (a deployment without a channel report).
+    """
+
+    node_id: int
+    partition_id: int
+    profile_name: str  # a key of the device-profile table (simulation/devices.py)
+    uplink_bps: float | None = None
+    downlink_bps: float | None = None
+    snr_db: float | None = None
+    energy_used_j: float = 0.0  # modelled energy this device has spent so far in the run
+    energy_budget_j: float | None = None  # None: unlimited
+    rounds_trained: int = 0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The training work of one round, fixed for the run; planners size delay and energy from it."""
+
+    num_student_layers: int
+    batch_size: int
+    seq_len: int
+    batches_per_round: int  # mini-batches per local epoch x local epochs
+    wire_bytes_per_element: int = 4  # 4 fp32, 2 fp16/bf16
+    student_config: dict = field(default_factory=dict)  # HF config of the (modelled) student
+    teacher_config: dict = field(default_factory=dict)  # HF config of the (modelled) teacher
