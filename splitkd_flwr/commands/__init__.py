@@ -1,0 +1,1 @@
+"""One module per `splitkd` subcommand; each is a thin body over library code."""
