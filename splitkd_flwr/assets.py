@@ -1,0 +1,96 @@
+"""What a device must hold before it can train: student config, tokenizer, teacher embedding.
+
+The server packs them once into Flower records (a deployment has no model hub either);
+the device keeps them in its cache directory, keyed by a content hash so that a changed
+teacher or student is provisioned again and an unchanged one never is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, PreTrainedTokenizerBase
+
+from splitkd_flwr.errors import ModelError
+
+_EMBEDDING_KEY = "weight"
+_KEY_FILE = "assets-key.txt"
+
+
+@dataclass(frozen=True)
+class DeviceAssets:
+    """The device-side assets, packed for a Flower message."""
+
+    key: str  # content hash; equal keys mean equal assets
+    config: ConfigRecord  # student config JSON, tokenizer files, key
+    teacher_embedding: ArrayRecord  # the teacher's input-embedding table only
+
+    @classmethod
+    def pack(
+        cls, student_config_json: str, tokenizer: PreTrainedTokenizerBase, teacher_embedding: torch.Tensor
+    ) -> DeviceAssets:
+        """Pack the assets; ``teacher_embedding`` is the (V, d_teacher) input-embedding table."""
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+        digest = hashlib.sha256(student_config_json.encode())
+        for name, data in files.items():
+            digest.update(name.encode() + data)
+        embedding = teacher_embedding.detach().to(torch.float32).cpu().contiguous()
+        digest.update(str(tuple(embedding.shape)).encode() + embedding.numpy().tobytes())
+        key = digest.hexdigest()[:16]
+        config = ConfigRecord(
+            {
+                "assets-key": key,
+                "student-config": student_config_json,
+                "tokenizer-files": list(files),
+                "tokenizer-data": list(files.values()),
+            }
+        )
+        return cls(key, config, ArrayRecord({_EMBEDDING_KEY: embedding}))
+
+
+def stored_key(directory: Path) -> str:
+    """The assets key held in ``directory`` ("" if none)."""
+    path = directory / _KEY_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def store(directory: Path, config: ConfigRecord, teacher_embedding: ArrayRecord) -> str:
+    """Write received assets into ``directory``; return their key."""
+    key = str(config["assets-key"])
+    names = list(config["tokenizer-files"])  # type: ignore[arg-type]
+    blobs = list(config["tokenizer-data"])  # type: ignore[arg-type]
+    if len(names) != len(blobs) or any("/" in n or n.startswith(".") for n in names):
+        raise ModelError(f"malformed tokenizer files in provisioned assets: {names}")
+    state = teacher_embedding.to_torch_state_dict()
+    if set(state) != {_EMBEDDING_KEY} or state[_EMBEDDING_KEY].ndim != 2:
+        raise ModelError("provisioned teacher embedding must be one 2-D table")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _KEY_FILE).unlink(missing_ok=True)  # a half-written cache is never "current"
+    tok_dir = directory / "tokenizer"
+    tok_dir.mkdir(exist_ok=True)
+    for name, blob in zip(names, blobs):
+        (tok_dir / name).write_bytes(blob)  # type: ignore[arg-type]
+    (directory / "student-config.json").write_text(str(config["student-config"]))
+    save_file(state, str(directory / "teacher-embedding.safetensors"))
+    (directory / _KEY_FILE).write_text(key)
+    return key
+
+
+def load_student_config(directory: Path):  # noqa: ANN201 - a transformers PretrainedConfig
+    """The student's config from a provisioned ``directory``."""
+    data = json.loads((directory / "student-config.json").read_text())
+    return AutoConfig.for_model(**data)
+
+
+def load_teacher_embedding(directory: Path) -> torch.Tensor:
+    """The teacher's (V, d_teacher) input-embedding table from a provisioned ``directory``."""
+    return load_file(str(directory / "teacher-embedding.safetensors"))[_EMBEDDING_KEY]

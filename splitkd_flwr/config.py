@@ -1,0 +1,129 @@
+"""The run configuration: every `[tool.flwr.app.config]` key, typed, documented, checked once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitkd_flwr.errors import ConfigError
+
+WIRE_DTYPES = ("fp32", "fp16", "bf16")
+DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")
+MODES = ("split-kd", "koala")
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of splitkd-flwr, built from ``context.run_config`` (hyphenated keys).
+
+    Each field is one key of ``[tool.flwr.app.config]`` (``num_rounds`` <-> ``num-rounds``);
+    the README's configuration table is this class's help texts.
+    """
+
+    mode: str = _help("`split-kd` (the paper's split KD) or `koala` (federated knowledge transfer)", "split-kd")
+    num_rounds: int = _help("training rounds; one device trains with the server per round", 10)
+    local_epochs: int = _help("passes of the selected device over its local data per round", 1)
+    max_batches_per_epoch: int = _help("cap on mini-batches per local epoch (0: the whole partition)", 0)
+    batch_size: int = _help("sequences per mini-batch", 8)
+    seq_len: int = _help("tokens per sequence (longer texts are chunked, shorter padded)", 64)
+    device_lr: float = _help("AdamW learning rate of the device-side student layers", 3e-3)
+    server_lr: float = _help("AdamW learning rate of the server-side student layers", 3e-3)
+    kd_alpha: float = _help("weight of cross-entropy; `1 - kd-alpha` weighs T^2 * divergence", 0.5)
+    kd_temperature: float = _help("softmax temperature T of the distillation term", 2.0)
+    kd_divergence: str = _help("`forward-kl` (KL(teacher||student)), `reverse-kl` or `jsd`", "forward-kl")
+    kd_beta: float = _help("JSD mixture weight (only for `jsd`; 0 = forward KL, 1 = reverse KL)", 0.5)
+    cut_layer: int = _help("cut for the `fixed` planner: device runs student blocks [0, cut)", 4)
+    selector: str = _help("device selector: a registered name or `package.module:Class`", "round-robin")
+    planner: str = _help("cut-layer planner: a registered name or `package.module:Class`", "fixed")
+    teacher: str = _help("teacher directory (`save_pretrained` layout) or `default`", "default")
+    student: str = _help("initial student directory or `default`", "default")
+    wire_dtype: str = _help("dtype of float tensors on the data plane: `fp32`, `fp16`, `bf16`", "fp32")
+    data_plane_bind: str = _help("host:port the server's data plane listens on (port 0: any free port)", "127.0.0.1:0")
+    data_plane_address: str = _help("host:port devices dial (empty: the bound address)", "")
+    frame_timeout_s: float = _help("a device or server silent this long ends the round", 60.0)
+    round_timeout_s: float = _help("upper bound on one round's Flower message round trip", 1800.0)
+    eval_batches: int = _help("held-out mini-batches the server evaluates per round (0: all)", 8)
+    output_dir: str = _help("where metrics, the config and the final student are written", "outputs")
+    seed: int = _help("seed for data partitioning, selection and initialisation", 0)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, allowed: str) -> None:
+            value = getattr(self, key.replace("-", "_"))
+            if not ok:
+                raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+        need(self.mode in MODES, "mode", f"one of {MODES}")
+        need(self.num_rounds >= 1, "num-rounds", ">= 1")
+        need(self.local_epochs >= 1, "local-epochs", ">= 1")
+        need(self.max_batches_per_epoch >= 0, "max-batches-per-epoch", ">= 0")
+        need(self.batch_size >= 1, "batch-size", ">= 1")
+        need(self.seq_len >= 2, "seq-len", ">= 2")
+        need(self.device_lr > 0, "device-lr", "> 0")
+        need(self.server_lr > 0, "server-lr", "> 0")
+        need(0.0 <= self.kd_alpha <= 1.0, "kd-alpha", "in [0, 1]")
+        need(self.kd_temperature > 0, "kd-temperature", "> 0")
+        need(self.kd_divergence in DIVERGENCES, "kd-divergence", f"one of {DIVERGENCES}")
+        need(0.0 <= self.kd_beta <= 1.0, "kd-beta", "in [0, 1]")
+        need(self.cut_layer >= 1, "cut-layer", ">= 1")
+        need(self.wire_dtype in WIRE_DTYPES, "wire-dtype", f"one of {WIRE_DTYPES}")
+        need(_is_host_port(self.data_plane_bind), "data-plane-bind", "'host:port'")
+        need(
+            not self.data_plane_address or _is_host_port(self.data_plane_address),
+            "data-plane-address",
+            "'host:port' or empty",
+        )
+        need(self.frame_timeout_s > 0, "frame-timeout-s", "> 0")
+        need(self.round_timeout_s > 0, "round-timeout-s", "> 0")
+        need(self.eval_batches >= 0, "eval-batches", ">= 0")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's ``context.run_config``; unknown keys and bad types are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                known = ", ".join(sorted(config_keys()))
+                raise ConfigError(f"unknown run-config key {key!r}; known keys: {known}")
+            kwargs[name] = _coerce(key, value, type(fields[name].default))
+        return cls(**kwargs)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The hyphenated-key mapping (saved beside the student, sent to clients)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def config_keys() -> list[str]:
+    """All run-config keys, hyphenated, in declaration order."""
+    return [f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)]
+
+
+def config_table() -> str:
+    """The README's Markdown table of keys, defaults and meanings."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(RunConfig):
+        default = f'`"{f.default}"`' if isinstance(f.default, str) else f"`{f.default}`"
+        rows.append(f"| `{f.name.replace('_', '-')}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    # TOML and `--run-config` give int for `1` where a float is meant; never silently
+    # accept a string for a number or a float for an int.
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)

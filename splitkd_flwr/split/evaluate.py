@@ -1,0 +1,54 @@
+"""Held-out evaluation of a causal LM, alone or against its teacher."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: PreTrainedModel,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    teacher: PreTrainedModel | None = None,
+) -> dict[str, float]:
+    """Next-token loss, perplexity and accuracy of ``model`` on ``batches``.
+
+    With a ``teacher``, also the fraction of tokens where both predict the same next
+    token ("agreement"). Padding (``attention_mask == 0``) is excluded; every figure is a
+    mean over tokens, not over batches, so batches of unequal fill weigh correctly.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = agree = tokens = 0.0
+    for batch in batches:
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
+        targets = input_ids[:, 1:]  # (B, T-1)
+        keep = mask[:, 1:].bool() & mask[:, :-1].bool()  # a target exists and is real
+        logits_kept = logits[keep].float()  # (N, V)
+        targets_kept = targets[keep]  # (N,)
+        loss_sum += F.cross_entropy(logits_kept, targets_kept, reduction="sum").item()
+        prediction = logits_kept.argmax(-1)
+        correct += (prediction == targets_kept).sum().item()
+        if teacher is not None:
+            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+            agree += (teacher_logits[keep].argmax(-1) == prediction).sum().item()
+        tokens += keep.sum().item()
+    model.train(was_training)
+    if tokens == 0:
+        raise ValueError("evaluation batches hold no target tokens")
+    loss = loss_sum / tokens
+    metrics = {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),  # exp overflows past ~709; 50 is already absurd
+        "accuracy": correct / tokens,
+        "tokens": tokens,
+    }
+    if teacher is not None:
+        metrics["teacher-agreement"] = agree / tokens
+    return metrics
