@@ -1,0 +1,306 @@
+"""Knowledge-distillation losses: forward/reverse KL, generalized JSD, top-k, KD+CE."""
+
+import math
+from typing import Literal, NamedTuple, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from splitkd_flwr.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+Divergence = Literal["forward-kl", "reverse-kl", "jsd"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+
+
+# Every divergence below works on log-probabilities over the last dimension. Vocabulary
+# entries that either model masks with -inf are left out of the sum: on them KL is 0 or
+# +inf, and +inf (or the NaN of 0 * -inf) would poison the whole batch. They are zeroed
+# before any product so that no NaN reaches the backward pass either.
+def _finite_pair(s_logp: Tensor, t_logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    keep = torch.isfinite(s_logp) & torch.isfinite(t_logp)
+    return s_logp.masked_fill(~keep, 0.0), t_logp.masked_fill(~keep, 0.0), keep
+
+
+def _kl_rows(p_logp: Tensor, q_logp: Tensor, keep: Tensor) -> Tensor:
+    """KL(p || q) summed over the last dimension, on already-sanitised log-probs."""
+    return (p_logp.exp() * (p_logp - q_logp)).masked_fill(~keep, 0.0).sum(-1)
+
+
+def _divergence_rows(
+    s_logp: Tensor, t_logp: Tensor, divergence: str, beta: float = 0.5
+) -> Tensor:
+    """Per-row divergence between student and teacher log-probs (..., V) -> (...)."""
+    s_logp, t_logp, keep = _finite_pair(s_logp, t_logp)
+    if divergence == "forward-kl":
+        return _kl_rows(t_logp, s_logp, keep)
+    if divergence == "reverse-kl":
+        return _kl_rows(s_logp, t_logp, keep)
+    # TRL's generalized JSD: the endpoints are the two KLs, the interior the
+    # beta-skewed JSD against the mixture M = beta * teacher + (1 - beta) * student.
+    if beta == 0.0:
+        return _kl_rows(t_logp, s_logp, keep)
+    if beta == 1.0:
+        return _kl_rows(s_logp, t_logp, keep)
+    mixture = torch.logsumexp(
+        torch.stack([s_logp + math.log(1.0 - beta), t_logp + math.log(beta)]), dim=0
+    )  # (..., V)
+    return beta * _kl_rows(t_logp, mixture, keep) + (1.0 - beta) * _kl_rows(
+        s_logp, mixture, keep
+    )
+
+
+def _masked_mean(per_token: Tensor, labels: Tensor) -> Tensor:
+    """Mean over tokens whose label is not -100; 0 (with a zero gradient) if none is."""
+    mask = labels != IGNORE_INDEX  # (B, T)
+    total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
+    return total / mask.sum().clamp_min(1)
+
+
+def _log_probs(logits: Tensor, temperature: float) -> Tensor:
+    return F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V) fp32
+
+
+class TopKTeacher(NamedTuple):
+    """The teacher's distribution cut to its k likeliest tokens plus a tail bucket."""
+
+    logprobs: Tensor  # (B, T, k) log-probs of the k most likely tokens
+    ids: Tensor  # (B, T, k) their token ids
+    tail_logprob: Tensor  # (B, T, 1) log of the mass on every other token
+
+
+def _tail_logprob(logp: Tensor, ids: Tensor) -> Tensor:
+    """Log of the mass outside ``ids``: a logsumexp over the rest, exact even near 1."""
+    rest = logp.scatter(-1, ids, float("-inf"))  # (B, T, V)
+    # A row with no mass left (k = V) would give logsumexp a NaN gradient: fill it
+    # with zeros for the sum and put the -inf back afterwards.
+    empty = torch.isneginf(rest).all(dim=-1, keepdim=True)  # (B, T, 1)
+    tail = torch.logsumexp(rest.masked_fill(empty, 0.0), dim=-1, keepdim=True)
+    return tail.masked_fill(empty, float("-inf"))  # (B, T, 1)
+
+
+def collapse_to_topk(
+    student_logits: Tensor, ids: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """Return the student's log-probs on the teacher's k ids + tail, (B, T, k + 1)."""
+    logp = _log_probs(student_logits, temperature)  # (B, T, V)
+    return torch.cat([logp.gather(-1, ids), _tail_logprob(logp, ids)], dim=-1)
+
+
+def _divergence(
+    student_logits: Tensor,
+    teacher: Tensor | TopKTeacher,
+    labels: Tensor,
+    divergence: str,
+    beta: float,
+    temperature: float,
+) -> Tensor:
+    if isinstance(teacher, TopKTeacher):
+        s_logp = collapse_to_topk(student_logits, teacher.ids, temperature)  # (B,T,k+1)
+        t_logp = torch.cat([teacher.logprobs, teacher.tail_logprob], dim=-1).float()
+    else:
+        s_logp = _log_probs(student_logits, temperature)  # (B, T, V)
+        t_logp = _log_probs(teacher, temperature)  # (B, T, V)
+    return _masked_mean(_divergence_rows(s_logp, t_logp, divergence, beta), labels)
+
+
+def forward_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Return KL(teacher || student) per token, averaged over unmasked tokens.
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : Tensor
+        Shape (B, T, V), any float dtype (computed in fp32).
+    labels : Tensor
+        Shape (B, T), aligned with the logits; -100 marks a token to ignore.
+    temperature : float
+        Both distributions are ``softmax(logits / temperature)``.
+
+    Returns
+    -------
+    Tensor
+        A scalar; 0 when every label is -100.
+    """
+    return _divergence(
+        student_logits, teacher_logits, labels, "forward-kl", 0.0, temperature
+    )
+
+
+def reverse_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Return KL(student || teacher) per token (mode seeking); as `forward_kl`."""
+    return _divergence(
+        student_logits, teacher_logits, labels, "reverse-kl", 0.0, temperature
+    )
+
+
+def generalized_jsd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Return the generalized Jensen-Shannon divergence of TRL's GKD.
+
+    ``beta * KL(t || M) + (1 - beta) * KL(s || M)`` with
+    ``M = beta * t + (1 - beta) * s``; ``beta = 0`` gives the forward KL and
+    ``beta = 1`` the reverse KL (TRL's convention), ``beta = 0.5`` the symmetric JSD.
+    Other arguments as `forward_kl`.
+    """
+    _check_beta(beta)
+    return _divergence(student_logits, teacher_logits, labels, "jsd", beta, temperature)
+
+
+def topk_teacher(
+    teacher_logits: Tensor, k: int, temperature: float = 1.0
+) -> TopKTeacher:
+    """Compress the teacher's output to k log-probs + tail mass per token.
+
+    Sends k + 1 floats and k ids per token instead of V floats.
+
+    Parameters
+    ----------
+    teacher_logits : Tensor
+        Shape (B, T, V).
+    k : int
+        Number of tokens kept, ``1 <= k <= V``.
+    temperature : float
+        Must equal the temperature of the loss that consumes the result.
+
+    Returns
+    -------
+    TopKTeacher
+        ``(logprobs (B, T, k), ids (B, T, k), tail_logprob (B, T, 1))``, fp32.
+    """
+    vocab_size = teacher_logits.shape[-1]
+    if not 1 <= k <= vocab_size:
+        raise ConfigError(
+            f"top-k k must be in [1, {vocab_size}] (the vocabulary size), got {k}."
+        )
+    _check_temperature(temperature)
+    with torch.no_grad():
+        logp = _log_probs(teacher_logits, temperature)  # (B, T, V)
+        logprobs, ids = logp.topk(k, dim=-1)  # (B, T, k)
+        tail = _tail_logprob(logp, ids)  # (B, T, 1)
+    return TopKTeacher(logprobs, ids, tail)
+
+
+def topk_divergence(
+    student_logits: Tensor,
+    teacher: TopKTeacher,
+    labels: Tensor,
+    divergence: str = "forward-kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Divergence between the k + 1-bucket teacher and the student collapsed onto it.
+
+    With ``k = V`` (and any divergence) this equals the full-vocabulary divergence.
+    """
+    return _divergence(student_logits, teacher, labels, divergence, beta, temperature)
+
+
+def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Token-mean cross-entropy in fp32; 0 (zero gradient) when all labels are -100."""
+    per_token = F.cross_entropy(
+        student_logits.float().flatten(0, 1),
+        labels.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )  # (B*T,)
+    return _masked_mean(per_token.view_as(labels), labels)
+
+
+class LossTerms(NamedTuple):
+    """One evaluation of `KDLoss`: the total to backpropagate and its two terms."""
+
+    loss: Tensor  # alpha * ce + (1 - alpha) * T^2 * kd
+    ce: Tensor  # cross-entropy against the labels
+    kd: Tensor  # the divergence at temperature T, before the T^2 factor
+
+
+def _check_beta(beta: float) -> None:
+    if not 0.0 <= beta <= 1.0:
+        raise ConfigError(f"beta must be in [0.0, 1.0], got {beta}.")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0.0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}.")
+
+
+class KDLoss(nn.Module):
+    """Hinton-form distillation loss: ``alpha * CE + (1 - alpha) * T^2 * divergence``.
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of the cross-entropy on the labels, in [0, 1]; 1 trains on labels only.
+    temperature : float
+        Softening temperature T > 0 of both distributions in the divergence; the
+        T^2 factor keeps the gradient's scale independent of T.
+    divergence : str
+        One of ``"forward-kl"`` (KL(teacher || student)), ``"reverse-kl"``, ``"jsd"``.
+    beta : float
+        The generalized JSD's beta in [0, 1] (used by ``"jsd"`` only).
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        divergence: str = "forward-kl",
+        beta: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0.0, 1.0], got {alpha}.")
+        _check_temperature(temperature)
+        if divergence not in DIVERGENCES:
+            raise ConfigError(
+                f"Unknown divergence {divergence!r}; "
+                f"choose one of {', '.join(DIVERGENCES)}."
+            )
+        _check_beta(beta)
+        self.alpha = alpha
+        self.temperature = temperature
+        self.divergence = divergence
+        self.beta = beta
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | TopKTeacher,
+        labels: Tensor,
+    ) -> LossTerms:
+        """Return the loss and its terms; the teacher is logits or a `TopKTeacher`."""
+        ce = cross_entropy(student_logits, labels)
+        kd = _divergence(
+            student_logits,
+            teacher_logits,
+            labels,
+            self.divergence,
+            self.beta,
+            self.temperature,
+        )
+        loss = self.alpha * ce + (1.0 - self.alpha) * self.temperature**2 * kd
+        return LossTerms(loss, ce, kd)
+
+    def extra_repr(self) -> str:
+        """Show the configuration when the module is printed."""
+        return (
+            f"alpha={self.alpha}, temperature={self.temperature}, "
+            f"divergence={self.divergence!r}, beta={self.beta}"
+        )
