@@ -1,0 +1,64 @@
+"""What a device (SuperNode) says about itself: `--node-config` keys, checked once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitkd_flwr.errors import ConfigError
+
+DEFAULT_DEVICE = "agx-orin-1.3"  # a Table II profile; the simulation assigns one per partition
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A device's identity and local resources.
+
+    In simulation Flower fills ``partition-id`` and ``num-partitions``; in deployment they
+    come from ``flower-supernode --node-config "partition-id=0 num-partitions=2 ..."``.
+    """
+
+    partition_id: int
+    num_partitions: int
+    device: str  # device-profile name (Table II), used by the planner's cost model
+    data_path: str  # "" = the built-in corpus partition `partition-id`
+    cache_dir: Path  # provisioned assets and the deployed student live here
+    energy_meter: str  # "auto", "nvml", "jetson" or "none"
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeConfig:
+        """Parse Flower's ``context.node_config``."""
+        try:
+            partition_id = int(node_config.get("partition-id", 0))
+            num_partitions = int(node_config.get("num-partitions", 1))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"partition-id / num-partitions must be integers: {err}") from err
+        if not 0 <= partition_id < num_partitions:
+            raise ConfigError(
+                f"partition-id must be in [0, num-partitions={num_partitions}), got {partition_id}"
+            )
+        root = os.environ.get("SPLITKD_CACHE", str(Path.home() / ".cache" / "splitkd-flwr"))
+        cache_dir = Path(str(node_config.get("cache-dir", ""))) if node_config.get("cache-dir") else (
+            Path(root) / "nodes" / f"partition-{partition_id}"
+        )
+        device = str(node_config.get("device", "")) or default_device(partition_id)
+        meter = str(node_config.get("energy-meter", "auto"))
+        if meter not in ("auto", "nvml", "jetson", "none"):
+            raise ConfigError(f"energy-meter must be auto, nvml, jetson or none, got {meter!r}")
+        return cls(
+            partition_id=partition_id,
+            num_partitions=num_partitions,
+            device=device,
+            data_path=str(node_config.get("data-path", "")),
+            cache_dir=cache_dir,
+            energy_meter=meter,
+        )
+
+
+def default_device(partition_id: int) -> str:
+    """The paper's Table II fleet: vehicles 2k and 2k+1 share a profile."""
+    fleet = ("agx-orin-1.3", "agx-orin-1.0", "orin-nx-0.91", "orin-nx-0.76", "agx-xavier-1.2")
+    return fleet[(partition_id // 2) % len(fleet)]

@@ -1,0 +1,99 @@
+"""Per-round metrics on disk (JSONL + CSV) and the end-of-run report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+
+
+class MetricsLog:
+    """Append one flat record per round to ``metrics.jsonl``; mirror all of it to ``metrics.csv``.
+
+    Records are flat ``{key: scalar}`` dicts; measured figures carry a ``measured-`` prefix and
+    modelled ones a ``modelled-`` prefix, so the two are never mixed up.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = output_dir / METRICS_JSONL
+        self.csv_path = output_dir / METRICS_CSV
+        self.jsonl_path.write_text("")
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write ``record`` now (a run that dies keeps every finished round)."""
+        row = {k: _plain(v) for k, v in record.items()}
+        self.records.append(row)
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.records:
+            columns += [k for k in row if k not in columns]
+        with self.csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.records)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf
+    return value
+
+
+ROUND_COLUMNS: Sequence[tuple[str, str]] = (
+    ("round", "round"),
+    ("node", "partition-id"),
+    ("device", "device"),
+    ("cut", "cut-layer"),
+    ("status", "status"),
+    ("train loss", "train-loss"),
+    ("eval ppl", "eval-perplexity"),
+    ("agree", "eval-teacher-agreement"),
+    ("MB up", "measured-bytes-up"),
+    ("wall s", "measured-round-s"),
+    ("model. delay s", "modelled-delay-s"),
+    ("model. energy J", "modelled-energy-j"),
+)
+
+
+def print_report(
+    records: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    console: Console | None = None,
+) -> None:
+    """Print the per-round table and the run's summary lines."""
+    console = console or Console()
+    table = Table(title="splitkd-flwr rounds")
+    present = [(title, key) for title, key in ROUND_COLUMNS if any(key in r for r in records)]
+    for title, _ in present:
+        table.add_column(title, justify="right")
+    for record in records:
+        table.add_row(*(_cell(key, record.get(key)) for _, key in present))
+    console.print(table)
+    for key, value in summary.items():
+        console.print(f"{key}: {_cell(key, value)}")
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("bytes-up"):
+        return f"{value / 1e6:.2f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
