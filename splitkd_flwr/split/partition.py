@@ -1,0 +1,271 @@
+"""Partition a teacher/student pair at a cut layer into a device part and a server part."""
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from splitkd_flwr.errors import ModelError
+from splitkd_flwr.split.adapters import architecture_of, position_ids_from_mask
+from splitkd_flwr.split.models import (
+    check_cut_layer,
+    check_pair,
+    embedding_from_state,
+    freeze,
+    is_tied,
+    num_layers,
+    untie_embeddings,
+)
+
+
+class StudentSegment(nn.Module):
+    """Student blocks ``[start, stop)``, optionally with the embeddings below or the head above.
+
+    The segment holds the student's own modules (no copies): training a segment trains
+    the student. Segments compose into any split: ``[0, c)`` with embeddings on the
+    device, ``[c, L)`` with the head on the server, or, for a label-private U-shape,
+    ``[c, L)`` alone on the server and an empty ``[L, L)`` with the head on the device.
+
+    Parameters
+    ----------
+    student : PreTrainedModel
+        The whole student (untied when the head and embeddings go to different parts).
+    start, stop : int
+        Block range, ``0 <= start <= stop <= L``.
+    embed : bool
+        Whether the segment starts from token ids (holds the embeddings).
+    head : bool
+        Whether the segment ends in logits (holds the final norm and LM head).
+    """
+
+    def __init__(
+        self, student: PreTrainedModel, start: int, stop: int, *, embed: bool, head: bool
+    ) -> None:
+        super().__init__()
+        self.arch = architecture_of(student)
+        self.config = student.config
+        self.start, self.stop = start, stop
+        self.inputs = self.arch.input_modules(student) if embed else None
+        self.blocks = nn.ModuleList(self.arch.blocks(student)[start:stop])
+        self.context = self.arch.context_modules(student)
+        self.norm = self.arch.final_norm(student) if head else None
+        self.lm_head = student.get_output_embeddings() if head else None
+        # Student state_dict prefix of each module this segment trains, for weight exchange.
+        names = {id(module): name for name, module in student.named_modules()}
+        self._prefixes = {names[id(module)]: module for module in self._owned_modules()}
+
+    def _owned_modules(self) -> Iterator[nn.Module]:
+        if self.inputs is not None:
+            yield from self.inputs.values()
+        yield from self.blocks
+        if self.norm is not None:
+            yield self.norm
+            yield self.lm_head
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the segment.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Token ids ``(B, T)`` if the segment embeds, else hidden states ``(B, T, d)``.
+        attention_mask : torch.Tensor
+            ``(B, T)``, 1 on real tokens, 0 on padding.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(B, T, V)`` if the segment has the head, else hidden ``(B, T, d)``.
+        """
+        position_ids = position_ids_from_mask(attention_mask)  # (B, T)
+        hidden = self.arch.embed(self.inputs, x, position_ids) if self.inputs is not None else x
+        kwargs_for = self.arch.block_kwargs(
+            self.config, self.context, hidden, attention_mask, position_ids
+        )
+        for i, block in enumerate(self.blocks, start=self.start):
+            hidden = block(hidden, **kwargs_for(i))  # (B, T, d)
+        if self.norm is None:
+            return hidden
+        return self.lm_head(self.norm(hidden))  # (B, T, V)
+
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """Return this segment's weights under the student's own state_dict keys."""
+        return {
+            f"{prefix}.{key}": tensor
+            for prefix, module in self._prefixes.items()
+            for key, tensor in module.state_dict().items()
+        }
+
+    def load_student_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``state`` (student keys, exactly this segment's) into the shared weights.
+
+        Raises
+        ------
+        ModelError
+            ``state`` lacks keys of this segment or has others.
+        """
+        expected = set(self.student_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ModelError(
+                f"Segment weights do not match blocks [{self.start}, {self.stop}): "
+                f"missing {missing[:5]}, unexpected {extra[:5]}."
+            )
+        for prefix, module in self._prefixes.items():
+            n = len(prefix) + 1
+            own = {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            module.load_state_dict(own, strict=True)
+
+
+class DevicePart(nn.Module):
+    """What a device runs: the teacher's input embedding and student embeddings + blocks ``[0, c)``.
+
+    Nothing else of the teacher: for an 8B teacher the device holds one ``(V, d_t)`` table.
+    For GPT-2 that table is ``wte``; the teacher adds its positions on the server.
+    """
+
+    def __init__(self, teacher_embedding: nn.Embedding, student_segment: StudentSegment) -> None:
+        super().__init__()
+        self.teacher_embedding = freeze(teacher_embedding)
+        self.student = student_segment
+
+    @classmethod
+    def from_parts(
+        cls,
+        teacher_embedding: nn.Embedding | torch.Tensor | Mapping[str, torch.Tensor],
+        student: PreTrainedModel,
+        cut_layer: int,
+    ) -> "DevicePart":
+        """Build a device part without the teacher's blocks.
+
+        Parameters
+        ----------
+        teacher_embedding : nn.Embedding | torch.Tensor | Mapping[str, torch.Tensor]
+            The teacher's input embedding, its table ``(V, d_t)``, or its state
+            ``{"weight": (V, d_t)}`` (see ``models.load_teacher_embedding``).
+        student : PreTrainedModel
+            The student whose embeddings and first ``cut_layer`` blocks the part shares.
+        cut_layer : int
+            ``1 <= cut_layer <= L - 1``.
+        """
+        check_cut_layer(cut_layer, num_layers(student))
+        if isinstance(teacher_embedding, torch.Tensor):
+            teacher_embedding = embedding_from_state({"weight": teacher_embedding})
+        elif not isinstance(teacher_embedding, nn.Embedding):
+            teacher_embedding = embedding_from_state(teacher_embedding)
+        vocab_t, vocab_s = teacher_embedding.num_embeddings, student.config.vocab_size
+        if vocab_t != vocab_s:
+            raise ModelError(
+                f"Teacher and student vocabularies differ: teacher embedding has {vocab_t} "
+                f"rows, student vocab_size {vocab_s}."
+            )
+        untie_embeddings(student)
+        return cls(teacher_embedding, StudentSegment(student, 0, cut_layer, embed=True, head=False))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(teacher_embeds (B, T, d_t), student_hidden (B, T, d_s))``."""
+        with torch.no_grad():
+            teacher_embeds = self.teacher_embedding(input_ids)  # (B, T, d_t)
+        student_hidden = self.student(input_ids, attention_mask)  # (B, T, d_s)
+        return teacher_embeds, student_hidden
+
+    def student_parameters(self) -> Iterator[nn.Parameter]:
+        """Return the trainable (student) parameters, for the device optimizer."""
+        return self.student.parameters()
+
+
+class ServerPart(nn.Module):
+    """What the server runs: student blocks ``[c, L)``, norm and head; the whole frozen teacher.
+
+    The teacher is called with the device's embedding output (``inputs_embeds``), so its
+    own forward applies its positions, masks and scaling; its input table is kept only
+    because a tied teacher's LM head is that table.
+    """
+
+    def __init__(self, teacher: PreTrainedModel, student_segment: StudentSegment) -> None:
+        super().__init__()
+        self.teacher = freeze(teacher)
+        self.student = student_segment
+
+    def forward(
+        self,
+        teacher_embeds: torch.Tensor,
+        student_hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(student_logits (B, T, V), teacher_logits (B, T, V))``."""
+        student_logits = self.student(student_hidden, attention_mask)  # (B, T, V)
+        teacher_logits = self.teacher_logits(teacher_embeds, attention_mask)  # (B, T, V)
+        return student_logits, teacher_logits
+
+    @torch.no_grad()
+    def teacher_logits(
+        self, teacher_embeds: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Finish the teacher from its embedding output; ``(B, T, V)``, no graph."""
+        return self.teacher(
+            inputs_embeds=teacher_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).logits
+
+    def train(self, mode: bool = True) -> "ServerPart":
+        """Set the student segment's mode; the teacher stays in eval mode."""
+        self.training = mode
+        self.student.train(mode)
+        return self
+
+    def student_parameters(self) -> Iterator[nn.Parameter]:
+        """Return the trainable (student) parameters, for the server optimizer."""
+        return self.student.parameters()
+
+
+def partition(
+    teacher: PreTrainedModel, student: PreTrainedModel, cut_layer: int
+) -> tuple[DevicePart, ServerPart]:
+    """Split a teacher/student pair at ``cut_layer``; both parts share the models' weights.
+
+    The student is untied first if its head and input embedding share a weight (see
+    ``models.untie_embeddings``); the teacher is frozen.
+
+    Raises
+    ------
+    ModelError
+        Unsupported architecture or vocabularies that differ.
+    CutLayerError
+        ``cut_layer`` outside ``1..L-1`` for the student's ``L`` blocks.
+    """
+    check_pair(teacher, student)
+    check_cut_layer(cut_layer, num_layers(student))
+    freeze(teacher)
+    device = DevicePart.from_parts(teacher.get_input_embeddings(), student, cut_layer)
+    upper = StudentSegment(student, cut_layer, num_layers(student), embed=False, head=True)
+    return device, ServerPart(teacher, upper)
+
+
+def device_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:
+    """Return the student's state_dict keys that live on the device (embeddings, blocks < c)."""
+    return list(_segments(student, cut_layer)[0].student_state_dict())
+
+
+def server_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:
+    """Return the student's state_dict keys that live on the server (blocks >= c, norm, head)."""
+    return list(_segments(student, cut_layer)[1].student_state_dict())
+
+
+def _segments(
+    student: PreTrainedModel, cut_layer: int
+) -> tuple[StudentSegment, StudentSegment]:
+    check_cut_layer(cut_layer, num_layers(student))
+    if is_tied(student):
+        raise ModelError(
+            "The student's LM head is tied to its input embedding; untie it first "
+            "(models.untie_embeddings, done by partition) so each weight has one side."
+        )
+    lower = StudentSegment(student, 0, cut_layer, embed=True, head=False)
+    upper = StudentSegment(student, cut_layer, num_layers(student), embed=False, head=True)
+    return lower, upper
