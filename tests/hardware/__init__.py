@@ -1,0 +1,1 @@
+"""Tests of splitkd_flwr.hardware (a package, so the fakes import by relative path)."""
