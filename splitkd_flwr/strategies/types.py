@@ -33,5 +33,6 @@ class Workload:
     seq_len: int
     batches_per_round: int  # mini-batches per local epoch x local epochs
     wire_bytes_per_element: int = 4  # 4 fp32, 2 fp16/bf16
+    param_bytes_per_element: int = 4  # device-side weights sent down and up once per round
     student_config: dict = field(default_factory=dict)  # HF config of the (modelled) student
     teacher_config: dict = field(default_factory=dict)  # HF config of the (modelled) teacher
