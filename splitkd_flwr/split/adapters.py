@@ -1,4 +1,4 @@
-"""Per-architecture layout of a causal LM: where its pieces live and how its blocks are fed."""
+"""Per-architecture layout of a causal LM: its pieces and how its blocks are fed."""
 
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +18,7 @@ BlockKwargs = Callable[[int], dict[str, Any]]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Return positions that count only real tokens, so left padding starts each row at 0.
+    """Return positions counting real tokens only, so a left-padded row starts at 0.
 
     Parameters
     ----------
@@ -49,7 +49,7 @@ class Architecture:
     norm_attr = "norm"
 
     def decoder(self, model: PreTrainedModel) -> nn.Module:
-        """Return the base model below the LM head (``model.model``, ``model.transformer``)."""
+        """Return the base model under the LM head (``model.model``, ...)."""
         return getattr(model, self.decoder_attr)
 
     def blocks(self, model: PreTrainedModel) -> nn.ModuleList:
@@ -113,7 +113,7 @@ class RotaryArchitecture(Architecture):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
     ) -> BlockKwargs:
-        """Build the causal (and, where configured, sliding-window) masks and rotary tables."""
+        """Build the causal (and any sliding-window) masks and the rotary tables."""
         mask_kwargs = {
             "config": config,
             "inputs_embeds": hidden,
@@ -124,7 +124,8 @@ class RotaryArchitecture(Architecture):
         layer_types = _layer_types(config)
         masks = {"full_attention": create_causal_mask(**mask_kwargs)}
         if "sliding_attention" in layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+            sliding = create_sliding_window_causal_mask(**mask_kwargs)
+            masks["sliding_attention"] = sliding
         cos_sin = context["rotary_emb"](hidden, position_ids)  # 2 x (B, T, head_dim)
 
         def kwargs_for(i: int) -> dict[str, Any]:
@@ -148,7 +149,8 @@ class GPT2Architecture(Architecture):
     def input_modules(self, model: PreTrainedModel) -> nn.ModuleDict:
         """Return ``{"wte", "wpe", "drop"}``."""
         decoder = self.decoder(model)
-        return nn.ModuleDict({"wte": decoder.wte, "wpe": decoder.wpe, "drop": decoder.drop})
+        modules = {"wte": decoder.wte, "wpe": decoder.wpe, "drop": decoder.drop}
+        return nn.ModuleDict(modules)
 
     def embed(
         self, inputs: nn.ModuleDict, input_ids: torch.Tensor, position_ids: torch.Tensor
@@ -186,11 +188,11 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_ARCHITECTURES))
 
 
 def check_model_type(model_type: str | None) -> str:
-    """Return ``model_type`` if supported, else raise ModelError listing the supported ones."""
+    """Return ``model_type`` if supported; else raise ModelError listing them."""
     if model_type not in _ARCHITECTURES:
         raise ModelError(
-            f"Unsupported architecture {model_type!r}: splitkd-flwr partitions causal LMs "
-            f"of model_type {', '.join(SUPPORTED_MODEL_TYPES)}."
+            f"Unsupported architecture {model_type!r}: splitkd-flwr partitions "
+            f"causal LMs of model_type {', '.join(SUPPORTED_MODEL_TYPES)}."
         )
     return model_type
 
@@ -201,7 +203,7 @@ def architecture_of(model: PreTrainedModel) -> Architecture:
 
 
 def _layer_types(config: PretrainedConfig) -> list[str]:
-    """Attention kind per block: from ``config.layer_types`` (Qwen), else one kind for all."""
+    """Attention kind per block: ``config.layer_types`` (Qwen), else one for all."""
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         return list(layer_types)

@@ -1,4 +1,4 @@
-"""Load teacher and student causal LMs, check they pair, untie heads, ship the teacher's embedding."""
+"""Load teacher and student, check they pair, untie heads, store the teacher table."""
 
 import logging
 from collections.abc import Mapping
@@ -21,7 +21,7 @@ from splitkd_flwr.split.adapters import check_model_type
 
 logger = logging.getLogger(__name__)
 
-TEACHER_EMBEDDING_KEY = "weight"  # the one tensor in a saved teacher embedding, (V, d_t)
+TEACHER_EMBEDDING_KEY = "weight"  # the one tensor in the file, (V, d_t)
 
 
 def load_causal_lm(
@@ -44,21 +44,26 @@ def load_causal_lm(
     -------
     PreTrainedModel
         An ``AutoModelForCausalLM`` of a supported family (see
-        ``adapters.SUPPORTED_MODEL_TYPES``), randomly initialised when built from a config.
+        ``adapters.SUPPORTED_MODEL_TYPES``); randomly initialised from a config.
 
     Raises
     ------
     ModelError
-        The directory does not exist or holds no config, or the architecture is unsupported.
+        The directory does not exist or has no config; the architecture is unsupported.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not (path / "config.json").is_file():
             what = "has no config.json" if path.is_dir() else "does not exist"
-            raise ModelError(f"Model path {str(path)!r} {what}; expected a save_pretrained directory.")
+            raise ModelError(
+                f"Model path {str(path)!r} {what}; "
+                "expected a save_pretrained directory."
+            )
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         check_model_type(config.model_type)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, local_files_only=True
+        )
     config = _config_from(source)
     check_model_type(config.model_type)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -71,7 +76,7 @@ def _config_from(source: PretrainedConfig | Mapping[str, Any]) -> PretrainedConf
         kwargs = dict(source)
         model_type = kwargs.pop("model_type", None)
         if model_type is None:
-            raise ModelError("A dict model config needs a 'model_type' key (e.g. 'llama').")
+            raise ModelError("A dict model config needs a 'model_type' (e.g. 'llama').")
         check_model_type(model_type)
         return AutoConfig.for_model(model_type, **kwargs)
     raise ModelError(
@@ -86,7 +91,7 @@ def num_layers(model: PreTrainedModel) -> int:
 
 
 def check_cut_layer(cut_layer: int, num_layers: int) -> int:
-    """Return ``cut_layer`` if ``1 <= cut_layer <= num_layers - 1``, else raise CutLayerError."""
+    """Return ``cut_layer`` if in ``1..num_layers - 1``, else raise CutLayerError."""
     if isinstance(cut_layer, bool) or not isinstance(cut_layer, int) or not (
         1 <= cut_layer <= num_layers - 1
     ):
@@ -155,11 +160,14 @@ def untie_embeddings(model: PreTrainedModel) -> bool:
     if not is_tied(model):
         return False
     head = model.get_output_embeddings()
-    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    weight = head.weight
+    head.weight = nn.Parameter(
+        weight.detach().clone(), requires_grad=weight.requires_grad
+    )
     model.config.tie_word_embeddings = False
     logger.warning(
-        "Untied the input embedding and LM head of %s for the split: they now train apart "
-        "and save as two tensors.",
+        "Untied the input embedding and LM head of %s for the split: they now "
+        "train apart and save as two tensors.",
         type(model).__name__,
     )
     return True
@@ -172,7 +180,9 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_teacher_embedding(teacher: PreTrainedModel | nn.Embedding, path: str | Path) -> Path:
+def save_teacher_embedding(
+    teacher: PreTrainedModel | nn.Embedding, path: str | Path
+) -> Path:
     """Save the teacher's input embedding table, the only teacher weight a device needs.
 
     Parameters
@@ -187,7 +197,10 @@ def save_teacher_embedding(teacher: PreTrainedModel | nn.Embedding, path: str | 
     Path
         The written file (one tensor ``"weight"``, shape ``(V, d_t)``).
     """
-    embedding = teacher if isinstance(teacher, nn.Embedding) else teacher.get_input_embeddings()
+    if isinstance(teacher, nn.Embedding):
+        embedding = teacher
+    else:
+        embedding = teacher.get_input_embeddings()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weight = embedding.weight.detach().contiguous()  # (V, d_t)
@@ -195,8 +208,10 @@ def save_teacher_embedding(teacher: PreTrainedModel | nn.Embedding, path: str | 
     return path
 
 
-def load_teacher_embedding(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Embedding:
-    """Load a teacher embedding saved by ``save_teacher_embedding`` as a frozen ``nn.Embedding``.
+def load_teacher_embedding(
+    path: str | Path, *, dtype: torch.dtype | None = None
+) -> nn.Embedding:
+    """Load a table saved by ``save_teacher_embedding`` as a frozen ``nn.Embedding``.
 
     Raises
     ------
@@ -216,7 +231,8 @@ def embedding_from_state(
     """Build a frozen ``nn.Embedding`` from ``{"weight": (V, d)}``."""
     if TEACHER_EMBEDDING_KEY not in state:
         raise ModelError(
-            f"A teacher embedding needs a {TEACHER_EMBEDDING_KEY!r} tensor; got keys {sorted(state)}."
+            f"A teacher embedding needs a {TEACHER_EMBEDDING_KEY!r} tensor; "
+            f"got keys {sorted(state)}."
         )
     weight = state[TEACHER_EMBEDDING_KEY]  # (V, d_t)
     if dtype is not None:

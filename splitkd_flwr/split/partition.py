@@ -1,4 +1,4 @@
-"""Partition a teacher/student pair at a cut layer into a device part and a server part."""
+"""Partition a teacher/student pair at a cut layer: a device part and a server part."""
 
 from collections.abc import Iterator, Mapping
 
@@ -20,7 +20,7 @@ from splitkd_flwr.split.models import (
 
 
 class StudentSegment(nn.Module):
-    """Student blocks ``[start, stop)``, optionally with the embeddings below or the head above.
+    """Student blocks ``[start, stop)``, maybe with embeddings below or the head above.
 
     The segment holds the student's own modules (no copies): training a segment trains
     the student. Segments compose into any split: ``[0, c)`` with embeddings on the
@@ -40,7 +40,13 @@ class StudentSegment(nn.Module):
     """
 
     def __init__(
-        self, student: PreTrainedModel, start: int, stop: int, *, embed: bool, head: bool
+        self,
+        student: PreTrainedModel,
+        start: int,
+        stop: int,
+        *,
+        embed: bool,
+        head: bool,
     ) -> None:
         super().__init__()
         self.arch = architecture_of(student)
@@ -51,7 +57,7 @@ class StudentSegment(nn.Module):
         self.context = self.arch.context_modules(student)
         self.norm = self.arch.final_norm(student) if head else None
         self.lm_head = student.get_output_embeddings() if head else None
-        # Student state_dict prefix of each module this segment trains, for weight exchange.
+        # Student state_dict prefix of each module trained here, for weight exchange.
         names = {id(module): name for name, module in student.named_modules()}
         self._prefixes = {names[id(module)]: module for module in self._owned_modules()}
 
@@ -69,7 +75,7 @@ class StudentSegment(nn.Module):
         Parameters
         ----------
         x : torch.Tensor
-            Token ids ``(B, T)`` if the segment embeds, else hidden states ``(B, T, d)``.
+            Token ids ``(B, T)`` if the segment embeds, else hidden ``(B, T, d)``.
         attention_mask : torch.Tensor
             ``(B, T)``, 1 on real tokens, 0 on padding.
 
@@ -79,7 +85,9 @@ class StudentSegment(nn.Module):
             Logits ``(B, T, V)`` if the segment has the head, else hidden ``(B, T, d)``.
         """
         position_ids = position_ids_from_mask(attention_mask)  # (B, T)
-        hidden = self.arch.embed(self.inputs, x, position_ids) if self.inputs is not None else x
+        hidden = x
+        if self.inputs is not None:
+            hidden = self.arch.embed(self.inputs, x, position_ids)  # (B, T, d)
         kwargs_for = self.arch.block_kwargs(
             self.config, self.context, hidden, attention_mask, position_ids
         )
@@ -98,7 +106,7 @@ class StudentSegment(nn.Module):
         }
 
     def load_student_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Copy ``state`` (student keys, exactly this segment's) into the shared weights.
+        """Copy ``state`` (student keys, exactly this segment's) into the weights.
 
         Raises
         ------
@@ -107,7 +115,8 @@ class StudentSegment(nn.Module):
         """
         expected = set(self.student_state_dict())
         if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            missing = sorted(expected - set(state))
+            extra = sorted(set(state) - expected)
             raise ModelError(
                 f"Segment weights do not match blocks [{self.start}, {self.stop}): "
                 f"missing {missing[:5]}, unexpected {extra[:5]}."
@@ -119,13 +128,15 @@ class StudentSegment(nn.Module):
 
 
 class DevicePart(nn.Module):
-    """What a device runs: the teacher's input embedding and student embeddings + blocks ``[0, c)``.
+    """What a device runs: teacher input embedding, student embeddings and blocks < c.
 
-    Nothing else of the teacher: for an 8B teacher the device holds one ``(V, d_t)`` table.
+    Nothing else of the teacher: for an 8B teacher, one ``(V, d_t)`` table.
     For GPT-2 that table is ``wte``; the teacher adds its positions on the server.
     """
 
-    def __init__(self, teacher_embedding: nn.Embedding, student_segment: StudentSegment) -> None:
+    def __init__(
+        self, teacher_embedding: nn.Embedding, student_segment: StudentSegment
+    ) -> None:
         super().__init__()
         self.teacher_embedding = freeze(teacher_embedding)
         self.student = student_segment
@@ -157,11 +168,12 @@ class DevicePart(nn.Module):
         vocab_t, vocab_s = teacher_embedding.num_embeddings, student.config.vocab_size
         if vocab_t != vocab_s:
             raise ModelError(
-                f"Teacher and student vocabularies differ: teacher embedding has {vocab_t} "
-                f"rows, student vocab_size {vocab_s}."
+                "Teacher and student vocabularies differ: teacher embedding has "
+                f"{vocab_t} rows, student vocab_size {vocab_s}."
             )
         untie_embeddings(student)
-        return cls(teacher_embedding, StudentSegment(student, 0, cut_layer, embed=True, head=False))
+        lower = StudentSegment(student, 0, cut_layer, embed=True, head=False)
+        return cls(teacher_embedding, lower)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -178,14 +190,16 @@ class DevicePart(nn.Module):
 
 
 class ServerPart(nn.Module):
-    """What the server runs: student blocks ``[c, L)``, norm and head; the whole frozen teacher.
+    """What the server runs: student blocks >= c, norm and head; the frozen teacher.
 
     The teacher is called with the device's embedding output (``inputs_embeds``), so its
     own forward applies its positions, masks and scaling; its input table is kept only
     because a tied teacher's LM head is that table.
     """
 
-    def __init__(self, teacher: PreTrainedModel, student_segment: StudentSegment) -> None:
+    def __init__(
+        self, teacher: PreTrainedModel, student_segment: StudentSegment
+    ) -> None:
         super().__init__()
         self.teacher = freeze(teacher)
         self.student = student_segment
@@ -198,7 +212,7 @@ class ServerPart(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(student_logits (B, T, V), teacher_logits (B, T, V))``."""
         student_logits = self.student(student_hidden, attention_mask)  # (B, T, V)
-        teacher_logits = self.teacher_logits(teacher_embeds, attention_mask)  # (B, T, V)
+        teacher_logits = self.teacher_logits(teacher_embeds, attention_mask)  # (B,T,V)
         return student_logits, teacher_logits
 
     @torch.no_grad()
@@ -227,7 +241,7 @@ class ServerPart(nn.Module):
 def partition(
     teacher: PreTrainedModel, student: PreTrainedModel, cut_layer: int
 ) -> tuple[DevicePart, ServerPart]:
-    """Split a teacher/student pair at ``cut_layer``; both parts share the models' weights.
+    """Split a teacher/student pair at ``cut_layer``; parts share the models' weights.
 
     The student is untied first if its head and input embedding share a weight (see
     ``models.untie_embeddings``); the teacher is frozen.
@@ -243,17 +257,18 @@ def partition(
     check_cut_layer(cut_layer, num_layers(student))
     freeze(teacher)
     device = DevicePart.from_parts(teacher.get_input_embeddings(), student, cut_layer)
-    upper = StudentSegment(student, cut_layer, num_layers(student), embed=False, head=True)
+    top = num_layers(student)
+    upper = StudentSegment(student, cut_layer, top, embed=False, head=True)
     return device, ServerPart(teacher, upper)
 
 
 def device_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:
-    """Return the student's state_dict keys that live on the device (embeddings, blocks < c)."""
+    """Return the student's state_dict keys on the device (embeddings, blocks < c)."""
     return list(_segments(student, cut_layer)[0].student_state_dict())
 
 
 def server_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:
-    """Return the student's state_dict keys that live on the server (blocks >= c, norm, head)."""
+    """Return the student's state_dict keys on the server (blocks >= c, norm, head)."""
     return list(_segments(student, cut_layer)[1].student_state_dict())
 
 
@@ -267,5 +282,6 @@ def _segments(
             "(models.untie_embeddings, done by partition) so each weight has one side."
         )
     lower = StudentSegment(student, 0, cut_layer, embed=True, head=False)
-    upper = StudentSegment(student, cut_layer, num_layers(student), embed=False, head=True)
+    top = num_layers(student)
+    upper = StudentSegment(student, cut_layer, top, embed=False, head=True)
     return lower, upper

@@ -1,4 +1,4 @@
-"""One split KD step (device forward, server step, device backward) and the unsplit reference step.
+"""One split KD step (device forward, server step, device backward); the unsplit step.
 
 In one process the three calls of a split step read::
 
@@ -24,14 +24,14 @@ from splitkd_flwr.split.partition import DevicePart, ServerPart
 
 IGNORE_INDEX = -100  # label of positions without a next token (padding, last position)
 
-# loss_fn(student_logits (B, T, V), teacher_logits (B, T, V), labels (B, T)) -> loss, or a
-# NamedTuple / mapping whose "loss" entry is the loss and whose other entries are its terms.
+# loss_fn(student_logits (B,T,V), teacher_logits (B,T,V), labels (B,T)) -> the loss,
+# or a NamedTuple / mapping whose "loss" entry is it and whose other entries are terms.
 LossFn = Callable[[Tensor, Tensor, Tensor], Any]
 
 
 @dataclass
 class Smashed:
-    """What a device sends per mini-batch: everything the server needs, nothing with a graph."""
+    """What a device sends per mini-batch: what the server needs, no graph."""
 
     teacher_embeds: Tensor  # (B, T, d_t) teacher input-embedding output
     student_hidden: Tensor  # (B, T, d_s) student hidden state at the cut, detached
@@ -49,7 +49,7 @@ class Smashed:
 
 @dataclass
 class StepResult:
-    """The loss of one step and its named terms (e.g. ``ce``, ``kd``), as Python floats."""
+    """The loss of one step and its named terms (e.g. ``ce``, ``kd``), as floats."""
 
     loss: float
     terms: dict[str, float] = field(default_factory=dict)
@@ -90,7 +90,7 @@ def device_forward(
         ``(B, T, d_s)`` with its graph, to keep for ``device_backward``.
     """
     device_part.train()
-    teacher_embeds, hidden = device_part(input_ids, attention_mask)  # (B,T,d_t), (B,T,d_s)
+    teacher_embeds, hidden = device_part(input_ids, attention_mask)  # (B,T,dt) (B,T,ds)
     smashed = Smashed(
         teacher_embeds=teacher_embeds.detach(),
         student_hidden=hidden.detach(),
@@ -106,13 +106,13 @@ def server_step(
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn,
 ) -> ServerStepResult:
-    """Finish both models, take the loss, step the server-side student, return the cut's gradient.
+    """Finish both models, step the server-side student, return the gradient at the cut.
 
     The teacher runs without a graph; ``optimizer`` holds the server-side student
     parameters (``server_part.student_parameters()``).
     """
     server_part.train()
-    # A fresh leaf: the server's graph ends at the cut, and its gradient is what goes back.
+    # A fresh leaf: the server's graph ends at the cut; its gradient is what goes back.
     hidden = smashed.student_hidden.detach().requires_grad_(True)  # (B, T, d_s)
     student_logits, teacher_logits = server_part(
         smashed.teacher_embeds, hidden, smashed.attention_mask
@@ -128,7 +128,7 @@ def server_step(
 def device_backward(
     student_hidden: Tensor, grad_at_cut: Tensor, optimizer: torch.optim.Optimizer
 ) -> None:
-    """Backpropagate the server's gradient through the device part and step its optimizer.
+    """Backpropagate the server's gradient through the device part; step its optimizer.
 
     Parameters
     ----------
@@ -181,7 +181,8 @@ def _unpack_loss(out: Any) -> tuple[Tensor, dict[str, float]]:
     if hasattr(out, "_asdict"):  # a NamedTuple such as loss.LossTerms
         out = out._asdict()
     if isinstance(out, Mapping) and "loss" in out:
-        terms = {k: float(torch.as_tensor(v).detach()) for k, v in out.items() if k != "loss"}
+        terms = {k: float(torch.as_tensor(v).detach()) for k, v in out.items()}
+        del terms["loss"]
         return out["loss"], terms
     raise SplitKDError(
         f"loss_fn returned {type(out).__name__}; expected a Tensor, or a NamedTuple or "
