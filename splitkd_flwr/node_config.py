@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from splitkd_flwr.errors import ConfigError
-
-DEFAULT_DEVICE = "agx-orin-1.3"  # a Table II profile; the simulation assigns one per partition
+from splitkd_flwr.simulation.devices import DEFAULT_DEVICES
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,5 @@ class NodeConfig:
 
 
 def default_device(partition_id: int) -> str:
-    """The paper's Table II fleet: vehicles 2k and 2k+1 share a profile."""
-    fleet = ("agx-orin-1.3", "agx-orin-1.0", "orin-nx-0.91", "orin-nx-0.76", "agx-xavier-1.2")
-    return fleet[(partition_id // 2) % len(fleet)]
+    """The paper's Table II fleet: vehicle ``partition-id + 1`` of the ten, wrapping around."""
+    return DEFAULT_DEVICES[partition_id % len(DEFAULT_DEVICES)]

@@ -34,6 +34,7 @@ TEACHER_EMBEDDING = "teacher-embedding"
 PLAN = "plan"
 DEVICE_WEIGHTS = "device-weights"
 STUDENT = "student"
+EVAL_CONFIG = "eval-config"
 METRICS = "metrics"
 
 

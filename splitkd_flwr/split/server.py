@@ -1,0 +1,108 @@
+"""The server's side of split KD across rounds: the global student, its optimizer, rollback."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from transformers import PreTrainedModel
+
+from splitkd_flwr.errors import ModelError
+from splitkd_flwr.split.partition import ServerPart, device_param_names, partition, server_param_names
+from splitkd_flwr.split.step import LossFn, ServerStepResult, Smashed, server_step
+
+
+class SplitServer:
+    """The global student and the frozen teacher, trained one split round at a time.
+
+    One AdamW holds every student parameter for the whole run; in a round only the
+    server-side ones get gradients (the optimizer skips parameters without one), so the
+    moments of a block survive rounds in which the cut moves below or above it.
+
+    A round is ``begin_round`` -> ``step`` per mini-batch -> ``commit`` (the device's
+    weights) or ``rollback`` (everything exactly as before ``begin_round``).
+    """
+
+    def __init__(
+        self, teacher: PreTrainedModel, student: PreTrainedModel, loss_fn: LossFn, lr: float
+    ) -> None:
+        self.teacher = teacher
+        self.student = student
+        self.loss_fn = loss_fn
+        partition(teacher, student, 1)  # checks the pair, unties the student, freezes the teacher
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+        self.cut_layer: int | None = None
+        self._part: ServerPart | None = None
+        self._snapshot: tuple[dict[str, torch.Tensor], dict] | None = None
+
+    def device_state(self, cut_layer: int) -> dict[str, torch.Tensor]:
+        """The student tensors a device needs for ``cut_layer`` (embeddings, blocks below it)."""
+        state = self.student.state_dict()
+        return {name: state[name].detach().clone() for name in device_param_names(self.student, cut_layer)}
+
+    def begin_round(self, cut_layer: int) -> None:
+        """Snapshot what the round may change, and build the server part at ``cut_layer``."""
+        state = self.student.state_dict()
+        names = server_param_names(self.student, cut_layer)
+        self._snapshot = (
+            {name: state[name].detach().clone() for name in names},
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
+        self._part = partition(self.teacher, self.student, cut_layer)[1]
+        self.cut_layer = cut_layer
+
+    @property
+    def expected_widths(self) -> tuple[int, int]:
+        """``(d_teacher, d_student)``: the last dimension of the smashed tensors."""
+        return self.teacher.config.hidden_size, self.student.config.hidden_size
+
+    def step(self, smashed: Smashed) -> ServerStepResult:
+        """One server step on one mini-batch of the round."""
+        if self._part is None:
+            raise ModelError("SplitServer.step called outside a round")
+        return server_step(self._part, smashed, self.optimizer, self.loss_fn)
+
+    def commit(self, cut_layer: int, device_weights: Mapping[str, torch.Tensor]) -> None:
+        """Load the device's updated weights into the global student and end the round.
+
+        Raises ``ModelError`` (and changes nothing) if the weights are not exactly the
+        device side of ``cut_layer`` with the right shapes, or hold NaN/inf.
+        """
+        expected = device_param_names(self.student, cut_layer)
+        if cut_layer != self.cut_layer or sorted(device_weights) != sorted(expected):
+            missing = sorted(set(expected) - set(device_weights))[:3]
+            extra = sorted(set(device_weights) - set(expected))[:3]
+            raise ModelError(
+                f"device weights do not match cut {cut_layer}: missing {missing}, unexpected {extra}"
+            )
+        state = self.student.state_dict()
+        for name, tensor in device_weights.items():
+            if tensor.shape != state[name].shape:
+                raise ModelError(
+                    f"device weight {name} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(state[name].shape)}"
+                )
+            if not torch.isfinite(tensor).all():
+                raise ModelError(f"device weight {name} holds NaN or inf")
+        with torch.no_grad():
+            for name, tensor in device_weights.items():
+                state[name].copy_(tensor)
+        self._end_round()
+
+    def rollback(self) -> None:
+        """Restore the student and the optimizer to their state at ``begin_round``."""
+        if self._snapshot is not None:
+            weights, optimizer_state = self._snapshot
+            state = self.student.state_dict()
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    state[name].copy_(tensor)
+            self.optimizer.load_state_dict(optimizer_state)
+        self._end_round()
+
+    def _end_round(self) -> None:
+        self._part = None
+        self._snapshot = None
+        self.cut_layer = None
+        self.optimizer.zero_grad(set_to_none=True)

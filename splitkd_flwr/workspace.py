@@ -1,0 +1,106 @@
+"""Everything a run's server side is built from, resolved once from the run config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from splitkd_flwr.assets import DeviceAssets
+from splitkd_flwr.config import RunConfig
+from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches, load_examples
+from splitkd_flwr.data.partition import builtin_split
+from splitkd_flwr.data.tokenizer import load_tokenizer
+from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.split.loss import KDLoss
+from splitkd_flwr.split.models import check_pair, load_causal_lm, num_layers
+from splitkd_flwr.strategies.types import DeviceState, Workload
+
+
+def cache_root() -> Path:
+    """Where prepared default models and device caches live (``SPLITKD_CACHE`` overrides)."""
+    return Path(os.environ.get("SPLITKD_CACHE", str(Path.home() / ".cache" / "splitkd-flwr")))
+
+
+def resolve_models(config: RunConfig) -> tuple[Path, Path]:
+    """Teacher and student directories; ``default`` prepares (or reuses) the built-in pair."""
+    if config.teacher == "default" or config.student == "default":
+        from splitkd_flwr.data.prepare import prepare_default_models  # noqa: PLC0415 - heavy
+
+        defaults = prepare_default_models(cache_root(), progress=False)
+    teacher = defaults.teacher_dir if config.teacher == "default" else Path(config.teacher)
+    student = defaults.student_dir if config.student == "default" else Path(config.student)
+    return Path(teacher), Path(student)
+
+
+@dataclass
+class Workspace:
+    """The loaded teacher, student and tokenizer of a run, and builders for what they feed."""
+
+    config: RunConfig
+    teacher: PreTrainedModel
+    student: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    output_dir: Path
+
+    @classmethod
+    def load(cls, config: RunConfig) -> Workspace:
+        """Load teacher, student and tokenizer (the teacher's directory holds the tokenizer)."""
+        teacher_dir, student_dir = resolve_models(config)
+        teacher = load_causal_lm(teacher_dir)
+        student = load_causal_lm(student_dir)
+        tokenizer = load_tokenizer(teacher_dir)
+        check_pair(teacher, student)
+        output_dir = Path(config.output_dir).expanduser().resolve()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return cls(config, teacher, student, tokenizer, output_dir)
+
+    def loss_fn(self) -> KDLoss:
+        """The KD loss the run config describes."""
+        c = self.config
+        return KDLoss(
+            alpha=c.kd_alpha, temperature=c.kd_temperature, divergence=c.kd_divergence, beta=c.kd_beta
+        )
+
+    def eval_examples(self) -> Examples:
+        """The server's held-out examples: the built-in eval split or ``eval-data``."""
+        if self.config.eval_data == "builtin":
+            texts = [doc.text for doc in builtin_split(1, seed=self.config.seed).eval]
+            return encode_documents(texts, self.tokenizer, self.config.seq_len)
+        return load_examples(self.config.eval_data, self.tokenizer, self.config.seq_len)
+
+    def eval_batches(self) -> list[dict[str, torch.Tensor]]:
+        """Held-out mini-batches, fixed for the run (``eval-batches`` of them, 0 = all)."""
+        batches = list(iterate_batches(self.eval_examples(), self.config.batch_size))
+        if not batches:
+            raise ConfigError("the held-out data yields no examples")
+        return batches[: self.config.eval_batches or None]
+
+    def workload(self) -> Workload:
+        """The round's work as the planner sizes it (trained student, modelled as configured)."""
+        c = self.config
+        return Workload(
+            num_student_layers=num_layers(self.student),
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            batches_per_round=c.local_epochs * max(c.max_batches_per_epoch, 1),
+            wire_bytes_per_element=4 if c.wire_dtype == "fp32" else 2,
+            student_config=self.student.config.to_dict(),
+            teacher_config=self.teacher.config.to_dict(),
+        )
+
+    def device_assets(self) -> DeviceAssets:
+        """What devices are provisioned with: student config, tokenizer, teacher embedding."""
+        return DeviceAssets.pack(
+            self.student.config.to_json_string(),
+            self.tokenizer,
+            self.teacher.get_input_embeddings().weight,
+        )
+
+    def link_fn(self) -> Callable[[DeviceState, int], DeviceState] | None:
+        """Fills in each device's modelled link per round (simulation), or None."""
+        return None
