@@ -148,6 +148,8 @@ class Scenario:
                       partition_id: int, server_round: int) -> dict[str, float]:
         """The modelled delay (s), energy (J) and bytes of a round trained at ``cut_layer``
         (keys as ``Plan.modelled``); ``server_clock_hz`` None means the server's top clock."""
+        if not 1 <= cut_layer <= workload.num_student_layers - 1:
+            raise ConfigError(f"cut_layer must be in 1..{workload.num_student_layers - 1}, got {cut_layer}")
         up, down, _ = self.link_at(partition_id, server_round)
         server = self.fleet.server_profile
         cost = CostModel(workload, server).evaluate(
