@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 MIN_TOKEN_CHARS = 16
 
 
+class _StreamEnded(Exception):
+    """The device's stream ended (cancelled, broken or half-closed) without CLOSE."""
+
+
 @dataclass
 class _Idle:
     """Shared by a stream handler and its watchdog."""
@@ -180,7 +184,7 @@ class DataPlaneServer:
         try:
             yield wire.ACCEPT
             yield from self._frames(handle, requests, idle)
-        except grpc.RpcError:
+        except (grpc.RpcError, _StreamEnded):  # gRPC reports a lost peer either way
             if idle.timed_out:
                 reason = f"device silent for more than idle_timeout_s={self.idle_timeout_s}"
             else:
@@ -234,7 +238,7 @@ class DataPlaneServer:
             stats.bytes_down += encoded_nbytes(parts)
             idle.waiting_since = time.monotonic()  # a device that stops reading idles out
             yield from wire.chunk_frame(parts)
-        raise TransportError("device ended the stream without closing the round")
+        raise _StreamEnded()
 
     def _watch(self, handle: RoundHandle, context: grpc.ServicerContext, idle: _Idle) -> None:
         tick_s = min(0.25, self.idle_timeout_s / 5)

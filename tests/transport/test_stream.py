@@ -280,3 +280,19 @@ def test_tls_round_trip_and_untrusted_certificate() -> None:
         handle.wait(5)
     assert handle.error is None
     assert torch.equal(got["grad"], frame["hidden"] * 2)
+
+
+def test_chunks_reassemble_and_out_of_order_chunks_are_refused() -> None:
+    from splitkd_flwr.transport import wire
+    from splitkd_flwr.transport.codec import encode_frame
+
+    parts = encode_frame(Frame({"x": torch.randn(700_000)}))  # ~2.7 MB: 3 chunks
+    chunks = list(wire.chunk_frame(parts))
+    assert len(chunks) == 3
+    rx = wire.Reassembler(max_frame_bytes=1 << 30)
+    assert rx.add(chunks[0]) is None and rx.add(chunks[1]) is None
+    assert bytes(rx.add(chunks[2])) == b"".join(parts)
+    with pytest.raises(TransportError, match="malformed chunk"):
+        wire.Reassembler(1 << 30).add(chunks[1])
+    with pytest.raises(TransportError, match="exceed max_frame_bytes=1000"):
+        wire.Reassembler(1000).add(chunks[0])
