@@ -210,7 +210,13 @@ class ServerPart(nn.Module):
         student_hidden: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(student_logits (B, T, V), teacher_logits (B, T, V))``."""
+        """Return ``(student_logits (B, T, V), teacher_logits (B, T, V))``.
+
+        Inputs of another float dtype (a codec's fp16) are cast to each model's own;
+        the gradient at ``student_hidden`` then comes back in the dtype it arrived in.
+        """
+        student_dtype = next(self.student.parameters()).dtype
+        student_hidden = student_hidden.to(student_dtype)  # (B, T, d_s)
         student_logits = self.student(student_hidden, attention_mask)  # (B, T, V)
         teacher_logits = self.teacher_logits(teacher_embeds, attention_mask)  # (B,T,V)
         return student_logits, teacher_logits
@@ -221,7 +227,7 @@ class ServerPart(nn.Module):
     ) -> torch.Tensor:
         """Finish the teacher from its embedding output; ``(B, T, V)``, no graph."""
         return self.teacher(
-            inputs_embeds=teacher_embeds,
+            inputs_embeds=teacher_embeds.to(self.teacher.dtype),
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,

@@ -183,6 +183,25 @@ def test_server_step_trains_only_the_server_side_and_leaves_the_teacher() -> Non
     assert result.grad_at_cut.shape == smashed.student_hidden.shape
 
 
+def test_server_step_takes_fp16_smashed_data_and_returns_fp16_gradient() -> None:
+    # Prepare: what a codec that casts floats to fp16 delivers
+    teacher, student = _pair("llama")
+    device_part, server_part = partition(teacher, student, 2)
+    smashed, hidden = device_forward(device_part, *_batch(1))
+    smashed.teacher_embeds = smashed.teacher_embeds.half()
+    smashed.student_hidden = smashed.student_hidden.half()
+    optimizer = torch.optim.SGD(server_part.student_parameters(), lr=0.1)
+
+    # Execute
+    result = server_step(server_part, smashed, optimizer, KDLoss())
+    device_backward(hidden, result.grad_at_cut, torch.optim.SGD(device_part.student_parameters()))
+
+    # Assert
+    assert result.grad_at_cut.dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert all(p.grad is not None for p in device_part.student_parameters())
+
+
 def test_step_accepts_a_plain_tensor_loss() -> None:
     # Prepare
     teacher, student = _pair("llama")
