@@ -2,9 +2,14 @@
 
 import typer
 
+from splitkd_flwr.commands import case_study, plan, profile
+
 app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Flower.")
 
 # Each subcommand lives in splitkd_flwr/commands/<name>.py; register it here, one line each.
+app.command()(profile.profile)
+app.command("case-study")(case_study.case_study)
+app.command()(plan.plan)
 
 if __name__ == "__main__":
     app()

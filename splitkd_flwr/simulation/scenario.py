@@ -85,6 +85,7 @@ class Scenario:
             cqi_thresholds=self.config.cqi_thresholds,
         )
         self._trace: LinkTrace | None = None
+        self._positions: np.ndarray | None = None  # (V, T, 2) at round starts, shared by with_noise
 
     @classmethod
     def from_config(cls, run_config: Mapping[str, Any], prefix: str = "scenario-") -> Scenario:
@@ -102,8 +103,10 @@ class Scenario:
 
     def with_noise(self, noise: str | float) -> Scenario:
         """The same scenario (same trajectories and shadowing) under another noise level."""
-        return Scenario(replace(self.config, noise=str(noise)), fleet=self.fleet, mobility=self.mobility,
-                        link=replace(self.link_config, noise_psd_dbm_hz=noise_psd(noise)))
+        other = Scenario(replace(self.config, noise=str(noise)), fleet=self.fleet, mobility=self.mobility,
+                         link=replace(self.link_config, noise_psd_dbm_hz=noise_psd(noise)))
+        other._positions = self._positions
+        return other
 
     @property
     def num_devices(self) -> int:
@@ -119,8 +122,10 @@ class Scenario:
         """Links of every vehicle at the starts of rounds 1..num_rounds, shape (V, >= num_rounds)."""
         if self._trace is None or self._trace.uplink_bps.shape[1] < num_rounds:
             horizon = max(num_rounds, 2 * (0 if self._trace is None else self._trace.uplink_bps.shape[1]), 64)
-            times = np.arange(horizon) * self.config.round_interval_s
-            positions = self.mobility.positions(self.num_devices, times)  # (V, T, 2)
+            if self._positions is None or self._positions.shape[1] < horizon:
+                times = np.arange(horizon) * self.config.round_interval_s
+                self._positions = self.mobility.positions(self.num_devices, times)  # (V, T, 2)
+            positions = self._positions[:, :horizon]
             tx = np.array([self.fleet.profile_of(v).tx_power_w for v in range(self.num_devices)])
             self._trace = link_trace(positions, self.link_config, tx, self.fleet.server_profile.tx_power_w,
                                      seed=self.config.seed)

@@ -144,15 +144,22 @@ class EnergyOptimal(ModelledPlanner):
         return self.plan_many([device], server_round)[0]
 
     def plan_many(
-        self, devices: Sequence[DeviceState], server_round: int, warn: bool = True
+        self, devices: Sequence[DeviceState], server_round: int, warn: bool = True,
+        delay_bounds_s: Sequence[float] | None = None,
     ) -> list[Plan]:
-        """Plan every device of ``devices`` in one vectorised pass (``warn``: log infeasible ones)."""
+        """Plan every device of ``devices`` in one vectorised pass.
+
+        ``warn`` logs infeasible plans; ``delay_bounds_s`` (one per device) overrides the
+        planner's bound.
+        """
         arrays, up, down = self._links(devices)
         steps = self.clock_steps_hz
         cost = self.cost
         base = cost.evaluate(arrays, up, down, steps[-1:])  # (D, C, 1) clock-independent parts
         fixed_s = (base.delay_s - base.server_compute_s)[..., 0]  # (D, C)
-        bound = np.inf if self.delay_bound_s is None else self.delay_bound_s
+        if delay_bounds_s is None:
+            delay_bounds_s = [np.inf if self.delay_bound_s is None else self.delay_bound_s] * len(devices)
+        bound = np.asarray(delay_bounds_s, dtype=float)[:, None]  # (D, 1)
         slack_s = bound - fixed_s
         with np.errstate(divide="ignore", invalid="ignore"):
             f_req = np.where(slack_s > 0, cost.server_cycles / slack_s, np.inf)  # (D, C)
@@ -162,7 +169,7 @@ class EnergyOptimal(ModelledPlanner):
         valid = (cand >= 0) & (cand < len(steps))
         grid = cost.evaluate(arrays, up, down, steps[np.clip(cand, 0, len(steps) - 1)],
                              np.arange(cost.num_cuts)[None, :, None])
-        ok = valid & (grid.delay_s <= bound)
+        ok = valid & (grid.delay_s <= bound[..., None])
         energy = np.where(ok, grid.energy_j, np.inf).reshape(len(devices), -1)  # (D, C*3)
         best = energy.argmin(axis=1)
         plans = []
@@ -174,7 +181,7 @@ class EnergyOptimal(ModelledPlanner):
             cut = int(np.argmin(base.delay_s[d, :, 0]))  # top clock is the fastest
             if warn:
                 log(WARNING, "round %s: no plan for node %s meets the delay bound %.3g s; least "
-                    "delay %.3g s at cut %s", server_round, state.node_id, bound,
+                    "delay %.3g s at cut %s", server_round, state.node_id, bound[d, 0],
                     base.delay_s[d, cut, 0], cut + 1)
             plans.append(self._to_plan(base, (d, cut, 0), False))
         return plans
