@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+import numpy as np
+
 from splitkd_flwr.errors import TransportError
 
 # One generic stream-stream method carrying raw bytes: no protoc code generation needed.
@@ -67,10 +69,10 @@ class Reassembler:
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._buf: bytearray | None = None
+        self._buf: memoryview | None = None
         self._got = 0
 
-    def add(self, msg: bytes) -> bytearray | None:
+    def add(self, msg: bytes) -> memoryview | None:
         """Add one DATA message; return the frame once its last chunk arrived."""
         if len(msg) < _HEAD_BYTES:
             raise TransportError(f"malformed chunk: {len(msg)} bytes, header needs {_HEAD_BYTES}")
@@ -83,7 +85,9 @@ class Reassembler:
                 )
             if total == 0 or offset != 0:
                 raise TransportError(f"malformed chunk: frame of {total} bytes at offset {offset}")
-            self._buf = bytearray(total)
+            # A numpy buffer: writable (zero-copy decoding) and, unlike a bytearray,
+            # filled by memcpy from a memoryview (bytearray slices copy ~40x slower).
+            self._buf = memoryview(np.empty(total, dtype=np.uint8))
         elif total != len(self._buf) or offset != self._got:
             raise TransportError(
                 f"malformed chunk: got ({total}, {offset}), expected "
