@@ -92,8 +92,10 @@ def num_layers(model: PreTrainedModel) -> int:
 
 def check_cut_layer(cut_layer: int, num_layers: int) -> int:
     """Return ``cut_layer`` if in ``1..num_layers - 1``, else raise CutLayerError."""
-    if isinstance(cut_layer, bool) or not isinstance(cut_layer, int) or not (
-        1 <= cut_layer <= num_layers - 1
+    if (
+        isinstance(cut_layer, bool)
+        or not isinstance(cut_layer, int)
+        or not (1 <= cut_layer <= num_layers - 1)
     ):
         raise CutLayerError(
             f"Cut layer {cut_layer!r} is out of range: a student with {num_layers} "

@@ -25,7 +25,9 @@ from splitkd_flwr.split.partition import (
 )
 
 
-def _llama(vocab: int = 50, hidden: int = 32, layers: int = 4, tie: bool = False) -> LlamaConfig:
+def _llama(
+    vocab: int = 50, hidden: int = 32, layers: int = 4, tie: bool = False
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -52,16 +54,32 @@ def _count(params) -> int:
 @pytest.mark.parametrize(
     ("model_type", "extra"),
     [
-        ("llama", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4}),
-        ("qwen2", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4}),
-        ("qwen3", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4}),
-        ("mistral", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4}),
+        (
+            "llama",
+            {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4},
+        ),
+        (
+            "qwen2",
+            {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4},
+        ),
+        (
+            "qwen3",
+            {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4},
+        ),
+        (
+            "mistral",
+            {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4},
+        ),
         ("gpt2", {"n_layer": 2, "n_embd": 32, "n_head": 4}),
     ],
 )
-def test_load_causal_lm_builds_every_supported_family_from_a_dict(model_type, extra) -> None:
+def test_load_causal_lm_builds_every_supported_family_from_a_dict(
+    model_type, extra
+) -> None:
     # Execute
-    model = load_causal_lm({"model_type": model_type, "vocab_size": 40, **extra}, dtype=torch.float64)
+    model = load_causal_lm(
+        {"model_type": model_type, "vocab_size": 40, **extra}, dtype=torch.float64
+    )
 
     # Assert
     assert model.config.model_type == model_type
@@ -94,11 +112,21 @@ def test_missing_path_names_the_path(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("source", "name"),
     [
-        (BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4), "bert"),
+        (
+            BertConfig(
+                vocab_size=40,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            ),
+            "bert",
+        ),
         ({"model_type": "t5", "vocab_size": 40}, "t5"),
     ],
 )
-def test_unsupported_architecture_is_named_with_the_supported_ones(source, name) -> None:
+def test_unsupported_architecture_is_named_with_the_supported_ones(
+    source, name
+) -> None:
     with pytest.raises(ModelError, match=f"Unsupported architecture '{name}'") as error:
         load_causal_lm(source)
     assert all(model_type in str(error.value) for model_type in SUPPORTED_MODEL_TYPES)
@@ -111,8 +139,13 @@ def test_unsupported_architecture_on_disk_is_refused(tmp_path) -> None:
 
 
 def test_vocab_mismatch_states_both_sizes() -> None:
-    teacher, student = load_causal_lm(_llama(vocab=50)), load_causal_lm(_llama(vocab=60))
-    with pytest.raises(ModelError, match="teacher vocab_size 50, student vocab_size 60"):
+    teacher, student = (
+        load_causal_lm(_llama(vocab=50)),
+        load_causal_lm(_llama(vocab=60)),
+    )
+    with pytest.raises(
+        ModelError, match="teacher vocab_size 50, student vocab_size 60"
+    ):
         check_pair(teacher, student)
     with pytest.raises(ModelError, match="vocab"):
         partition(teacher, student, 1)
@@ -120,13 +153,21 @@ def test_vocab_mismatch_states_both_sizes() -> None:
 
 def _tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     vocab = {word: i for i, word in enumerate(["[UNK]", *words])}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="[UNK]")))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    )
 
 
 def test_tokenizer_mismatch_is_refused() -> None:
     teacher, student = load_causal_lm(_llama()), load_causal_lm(_llama())
-    ab, abc, ba = _tokenizer(["a", "b"]), _tokenizer(["a", "b", "c"]), _tokenizer(["b", "a"])
-    check_pair(teacher, student, teacher_tokenizer=ab, student_tokenizer=_tokenizer(["a", "b"]))
+    ab, abc, ba = (
+        _tokenizer(["a", "b"]),
+        _tokenizer(["a", "b", "c"]),
+        _tokenizer(["b", "a"]),
+    )
+    check_pair(
+        teacher, student, teacher_tokenizer=ab, student_tokenizer=_tokenizer(["a", "b"])
+    )
     with pytest.raises(ModelError, match="teacher has 3 tokens, student has 4"):
         check_pair(teacher, student, teacher_tokenizer=ab, student_tokenizer=abc)
     with pytest.raises(ModelError, match="different ids"):
@@ -136,27 +177,40 @@ def test_tokenizer_mismatch_is_refused() -> None:
 @pytest.mark.parametrize("cut_layer", [0, 4, -1, 5])
 def test_cut_layer_out_of_range_states_the_allowed_range(cut_layer: int) -> None:
     teacher, student = load_causal_lm(_llama()), load_causal_lm(_llama(layers=4))
-    with pytest.raises(CutLayerError, match=rf"Cut layer {cut_layer} .* 4 layers can be cut at 1\.\.3"):
+    with pytest.raises(
+        CutLayerError, match=rf"Cut layer {cut_layer} .* 4 layers can be cut at 1\.\.3"
+    ):
         partition(teacher, student, cut_layer)
     with pytest.raises(CutLayerError):
         device_param_names(student, cut_layer)
 
 
 @pytest.mark.parametrize("cut_layer", [1, 2, 3])
-def test_device_part_holds_teacher_embedding_and_student_below_the_cut(cut_layer: int) -> None:
+def test_device_part_holds_teacher_embedding_and_student_below_the_cut(
+    cut_layer: int,
+) -> None:
     # Prepare
-    teacher_config, student_config = _llama(hidden=48, layers=2), _llama(hidden=32, layers=4)
+    teacher_config, student_config = (
+        _llama(hidden=48, layers=2),
+        _llama(hidden=32, layers=4),
+    )
     teacher, student = load_causal_lm(teacher_config), load_causal_lm(student_config)
 
     # Execute
     device_part, server_part = partition(teacher, student, cut_layer)
 
-    # Assert: counts from the configs, and the parts share (not copy) the student's weights
+    # Assert: counts from the configs; the parts share (not copy) the student's weights
     vocab, d_s = student_config.vocab_size, student_config.hidden_size
     student_device = vocab * d_s + cut_layer * _block_size(student_config)
-    assert _count(device_part.parameters()) == vocab * teacher_config.hidden_size + student_device
+    assert (
+        _count(device_part.parameters())
+        == vocab * teacher_config.hidden_size + student_device
+    )
     assert _count(device_part.student_parameters()) == student_device
-    assert _count(server_part.student_parameters()) == _count(student.parameters()) - student_device
+    assert (
+        _count(server_part.student_parameters())
+        == _count(student.parameters()) - student_device
+    )
     student_ids = {id(p) for p in student.parameters()}
     assert {id(p) for p in device_part.student_parameters()} <= student_ids
     assert {id(p) for p in server_part.student_parameters()} <= student_ids
@@ -164,32 +218,51 @@ def test_device_part_holds_teacher_embedding_and_student_below_the_cut(cut_layer
 
 
 def test_device_part_of_an_8b_teacher_holds_only_its_embedding_table() -> None:
-    # Prepare: Llama-3.1-8B and Llama-3.2-1B shapes on the meta device (nothing allocated)
+    # Prepare: Llama-3.1-8B and Llama-3.2-1B shapes on the meta device (no memory)
     teacher_config = LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    )
     student_config = LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    )
     with torch.device("meta"):
-        teacher, student = load_causal_lm(teacher_config), load_causal_lm(student_config)
+        teacher, student = (
+            load_causal_lm(teacher_config),
+            load_causal_lm(student_config),
+        )
     cut_layer = 4
 
     # Execute
-    device_part = DevicePart.from_parts(teacher.get_input_embeddings(), student, cut_layer)
+    device_part = DevicePart.from_parts(
+        teacher.get_input_embeddings(), student, cut_layer
+    )
 
     # Assert
     teacher_on_device = _count(device_part.teacher_embedding.parameters())
     assert teacher_on_device == 128256 * 4096
-    assert _count(teacher.parameters()) > 15 * teacher_on_device  # the rest stays on the server
-    assert _count(device_part.student_parameters()) == 128256 * 2048 + cut_layer * _block_size(
-        student_config
-    )
+    assert (
+        _count(teacher.parameters()) > 15 * teacher_on_device
+    )  # the rest stays on the server
+    assert _count(
+        device_part.student_parameters()
+    ) == 128256 * 2048 + cut_layer * _block_size(student_config)
 
 
-def test_partition_unties_a_tied_student_once_and_it_saves_untied(tmp_path, caplog) -> None:
+def test_partition_unties_a_tied_student_once_and_it_saves_untied(
+    tmp_path, caplog
+) -> None:
     # Prepare
     teacher, student = load_causal_lm(_llama()), load_causal_lm(_llama(tie=True))
     embedding = student.get_input_embeddings().weight
@@ -213,16 +286,29 @@ def test_partition_unties_a_tied_student_once_and_it_saves_untied(tmp_path, capl
     assert torch.equal(reloaded.get_input_embeddings().weight, embedding)
 
 
-GPT2_SMALL = {"model_type": "gpt2", "vocab_size": 50, "n_layer": 4, "n_embd": 32, "n_head": 4}
+GPT2_SMALL = {
+    "model_type": "gpt2",
+    "vocab_size": 50,
+    "n_layer": 4,
+    "n_embd": 32,
+    "n_head": 4,
+}
 
 
-@pytest.mark.parametrize("config", [_llama(layers=4), GPT2_SMALL], ids=["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "config", [_llama(layers=4), GPT2_SMALL], ids=["llama", "gpt2"]
+)
 def test_param_names_split_the_state_dict_at_the_cut(config) -> None:
     # Prepare
     student = load_causal_lm(config)
     untie_embeddings(student)  # GPT-2 ties by default
     keys = set(student.state_dict())
-    head_names = {"lm_head.weight", "model.norm.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"}
+    head_names = {
+        "lm_head.weight",
+        "model.norm.weight",
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+    }
 
     for cut_layer in (1, 2, 3):
         # Execute
@@ -231,10 +317,19 @@ def test_param_names_split_the_state_dict_at_the_cut(config) -> None:
 
         # Assert
         assert set(device).isdisjoint(server) and set(device) | set(server) == keys
-        block_of = {name: int(name.split(".")[2]) for name in keys if name.split(".")[1] in ("layers", "h")}
-        assert {n for n in device if n in block_of} == {n for n, i in block_of.items() if i < cut_layer}
+        block_of = {
+            name: int(name.split(".")[2])
+            for name in keys
+            if name.split(".")[1] in ("layers", "h")
+        }
+        assert {n for n in device if n in block_of} == {
+            n for n, i in block_of.items() if i < cut_layer
+        }
         embeddings = {n for n in device if n not in block_of}
-        assert embeddings and all(n.endswith(("embed_tokens.weight", "wte.weight", "wpe.weight")) for n in embeddings)
+        assert embeddings and all(
+            n.endswith(("embed_tokens.weight", "wte.weight", "wpe.weight"))
+            for n in embeddings
+        )
         assert head_names & keys <= set(server)
 
 
@@ -245,7 +340,10 @@ def test_param_names_refuse_a_tied_student() -> None:
 
 def test_teacher_embedding_round_trips_and_builds_a_device_part(tmp_path) -> None:
     # Prepare
-    teacher, student = load_causal_lm(_llama(hidden=48)), load_causal_lm(_llama(hidden=32))
+    teacher, student = (
+        load_causal_lm(_llama(hidden=48)),
+        load_causal_lm(_llama(hidden=32)),
+    )
     path = save_teacher_embedding(teacher, tmp_path / "teacher-embedding.safetensors")
     input_ids = torch.randint(1, 50, (2, 5))
 
@@ -256,11 +354,15 @@ def test_teacher_embedding_round_trips_and_builds_a_device_part(tmp_path) -> Non
 
     # Assert
     assert not embedding.weight.requires_grad
-    assert torch.equal(teacher_embeds, teacher.get_input_embeddings()(input_ids).detach())
+    assert torch.equal(
+        teacher_embeds, teacher.get_input_embeddings()(input_ids).detach()
+    )
     assert student_hidden.shape == (2, 5, 32)
     with pytest.raises(ModelError, match="does not exist"):
         load_teacher_embedding(tmp_path / "missing.safetensors")
-    with pytest.raises(ModelError, match="teacher embedding has 50 rows, student vocab_size 60"):
+    with pytest.raises(
+        ModelError, match="teacher embedding has 50 rows, student vocab_size 60"
+    ):
         DevicePart.from_parts(embedding, load_causal_lm(_llama(vocab=60)), 1)
 
 
@@ -268,7 +370,9 @@ def test_student_state_dict_round_trips_through_the_device_part() -> None:
     # Prepare: a server-side student and a device-side copy built from the same config
     teacher = load_causal_lm(_llama(hidden=48))
     server_student, device_student = load_causal_lm(_llama()), load_causal_lm(_llama())
-    device_part = DevicePart.from_parts(teacher.get_input_embeddings(), device_student, 2)
+    device_part = DevicePart.from_parts(
+        teacher.get_input_embeddings(), device_student, 2
+    )
     server_state = server_student.state_dict()
     sent = {name: server_state[name] for name in device_param_names(server_student, 2)}
 
@@ -280,4 +384,6 @@ def test_student_state_dict_round_trips_through_the_device_part() -> None:
     assert returned.keys() == sent.keys()
     assert all(torch.equal(returned[k], v) for k, v in sent.items())
     with pytest.raises(ModelError, match="missing"):
-        device_part.student.load_student_state_dict({k: v for k, v in sent.items() if "layers.1." not in k})
+        device_part.student.load_student_state_dict(
+            {k: v for k, v in sent.items() if "layers.1." not in k}
+        )
