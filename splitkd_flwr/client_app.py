@@ -14,12 +14,14 @@ from splitkd_flwr.dataplane import run_device_round
 from splitkd_flwr.device_data import device_batches, device_eval_batches, load_device_tokenizer
 from splitkd_flwr.errors import ModelError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
+from splitkd_flwr.koala_client import koala_train
 from splitkd_flwr.node_config import NodeConfig
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.partition import DevicePart, device_param_names
 from splitkd_flwr.transport.stream import DeviceSession
 
 app = ClientApp()
+app.train("koala")(koala_train)
 
 
 @app.query("profile")
