@@ -172,7 +172,7 @@ def test_silent_device_ends_the_round_within_the_idle_timeout() -> None:
             dev.exchange(_up())
         dev.abort("test over")
     assert "silent for more than idle_timeout_s=0.5" in str(handle.error)
-    assert 0.4 < elapsed_s < 1.5
+    assert 0.4 < elapsed_s < 3.0  # idle timeout + watchdog tick, with slack for a loaded CI
 
 
 _KILLED_DEVICE = textwrap.dedent(
