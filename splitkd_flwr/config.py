@@ -29,7 +29,7 @@ class RunConfig:
     mode: str = _help("`split-kd` (the paper's split KD) or `koala` (federated knowledge transfer)", "split-kd")
     num_rounds: int = _help("training rounds; one device trains with the server per round", 10)
     local_epochs: int = _help("passes of the selected device over its local data per round", 1)
-    max_batches_per_epoch: int = _help("cap on mini-batches per local epoch (0: the whole partition)", 0)
+    max_batches_per_epoch: int = _help("cap on mini-batches per local epoch (0: the whole partition; the modelled cost then assumes 1)", 16)
     batch_size: int = _help("sequences per mini-batch", 8)
     seq_len: int = _help("tokens per sequence (longer texts are chunked, shorter padded)", 64)
     device_lr: float = _help("AdamW learning rate of the device-side student layers", 3e-3)
@@ -41,6 +41,13 @@ class RunConfig:
     cut_layer: int = _help("cut for the `fixed` planner: device runs student blocks [0, cut)", 4)
     selector: str = _help("device selector: a registered name or `package.module:Class`", "round-robin")
     planner: str = _help("cut-layer planner: a registered name or `package.module:Class`", "fixed")
+    delay_bound_s: float = _help("round delay bound of the modelled round for `energy-optimal` (0: none)", 0.0)
+    scenario: str = _help("`paper`: modelled 5G NR links and Table II hardware per vehicle; `none`: no model", "paper")
+    scenario_noise: str = _help("noise PSD: `good` / `normal` / `poor` (-166 / -163 / -160 dBm/Hz) or a number", "normal")
+    scenario_fleet: str = _help("TOML of device profiles (see docs/case-study.md); empty: paper Table II", "")
+    scenario_round_interval_s: float = _help("mobility time between round starts in the modelled world", 10.0)
+    server_clock: str = _help("apply the planned server GPU clock: `auto`, `nvml` or `none`", "auto")
+    server_energy_meter: str = _help("server energy meter: `auto`, `nvml` or `none`", "auto")
     min_nodes: int = _help("devices that must be connected before round 1 starts", 1)
     eval_data: str = _help("server's held-out text (.txt/.jsonl/dir) or `builtin`", "builtin")
     teacher: str = _help("teacher directory (`save_pretrained` layout) or `default`", "default")
@@ -72,6 +79,15 @@ class RunConfig:
         need(self.kd_temperature > 0, "kd-temperature", "> 0")
         need(self.kd_divergence in DIVERGENCES, "kd-divergence", f"one of {DIVERGENCES}")
         need(0.0 <= self.kd_beta <= 1.0, "kd-beta", "in [0, 1]")
+        need(self.delay_bound_s >= 0, "delay-bound-s", ">= 0")
+        need(self.scenario in ("paper", "none"), "scenario", "`paper` or `none`")
+        need(self.scenario_round_interval_s >= 0, "scenario-round-interval-s", ">= 0")
+        need(self.server_clock in ("auto", "nvml", "none"), "server-clock", "`auto`, `nvml` or `none`")
+        need(
+            self.server_energy_meter in ("auto", "nvml", "none"),
+            "server-energy-meter",
+            "`auto`, `nvml` or `none`",
+        )
         need(self.min_nodes >= 1, "min-nodes", ">= 1")
         need(self.cut_layer >= 1, "cut-layer", ">= 1")
         need(self.wire_dtype in WIRE_DTYPES, "wire-dtype", f"one of {WIRE_DTYPES}")

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from splitkd_flwr.config import RunConfig
 from splitkd_flwr.dataplane import DataPlane
+from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.report import MetricsLog, print_report
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.server import SplitServer
@@ -55,6 +56,7 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
     stream_server = DataPlaneServer(host, int(port), idle_timeout_s=config.frame_timeout_s)
     bound_address = stream_server.start()
     metrics_log = MetricsLog(output_dir)
+    monitor = HardwareMonitor.from_config(config.server_energy_meter, config.server_clock)
     metrics_log.append(
         {"round": 0, "status": "initial", **{f"eval-{k}": v for k, v in initial.items()}}
     )
@@ -66,16 +68,24 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
                 stream_server, config.data_plane_address or bound_address, config.wire_dtype
             ),
             selector=load_selector(config.selector, seed=config.seed),
-            planner=load_planner(config.planner, workspace.workload(), cut_layer=config.cut_layer),
+            planner=load_planner(
+                config.planner,
+                workspace.workload(),
+                cut_layer=config.cut_layer,
+                delay_bound_s=config.delay_bound_s or None,
+                **workspace.planner_options(),
+            ),
             assets=workspace.device_assets(),
             metrics_log=metrics_log,
             evaluate_fn=evaluate,
             link_fn=workspace.link_fn(),
+            monitor=monitor,
         )
         strategy.wait_for_nodes(grid, config)
         result = strategy.start(grid, num_rounds=config.num_rounds, timeout=config.round_timeout_s)
     finally:
         stream_server.stop()
+        monitor.close()  # restores the GPU clock it changed
     student_dir = output_dir / "student"
     server.student.save_pretrained(student_dir)
     workspace.tokenizer.save_pretrained(student_dir)

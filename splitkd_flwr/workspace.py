@@ -16,6 +16,7 @@ from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batche
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.models import check_pair, load_causal_lm, num_layers
 from splitkd_flwr.strategies.types import DeviceState, Workload
@@ -87,10 +88,14 @@ class Workspace:
             num_student_layers=num_layers(self.student),
             batch_size=c.batch_size,
             seq_len=c.seq_len,
+            # Unknown partition sizes (max-batches-per-epoch = 0) are modelled as one batch.
             batches_per_round=c.local_epochs * max(c.max_batches_per_epoch, 1),
             wire_bytes_per_element=4 if c.wire_dtype == "fp32" else 2,
-            student_config=self.student.config.to_dict(),
-            teacher_config=self.teacher.config.to_dict(),
+            # The paper's world prices the Llama-3.2-1B / Llama-3.1-8B pair (cost.py's defaults)
+            # at the trained student's depth, so a cut index means the same block in both;
+            # without it the trained models themselves are priced.
+            student_config={} if c.scenario == "paper" else self.student.config.to_dict(),
+            teacher_config={} if c.scenario == "paper" else self.teacher.config.to_dict(),
         )
 
     def device_assets(self) -> DeviceAssets:
@@ -101,6 +106,38 @@ class Workspace:
             self.teacher.get_input_embeddings().weight,
         )
 
+    def scenario(self) -> Scenario | None:
+        """The modelled world (5G NR links, Table II hardware), or None for ``scenario = "none"``."""
+        c = self.config
+        if c.scenario == "none":
+            return None
+        return Scenario(
+            ScenarioConfig(
+                fleet=c.scenario_fleet,
+                noise=c.scenario_noise,
+                round_interval_s=c.scenario_round_interval_s,
+                seed=c.seed,
+            )
+        )
+
+    def planner_options(self) -> dict[str, object]:
+        """Keyword options for the planner: the fleet the cost model prices devices with."""
+        return {"fleet": self.config.scenario_fleet or None}
+
     def link_fn(self) -> Callable[[DeviceState, int], DeviceState] | None:
-        """Fills in each device's modelled link per round (simulation), or None."""
-        return None
+        """Fills in each device's modelled link and hardware per round (simulation), or None."""
+        scenario = self.scenario()
+        if scenario is None:
+            return None
+
+        def with_link(device: DeviceState, server_round: int) -> DeviceState:
+            modelled = scenario.device_state(device.partition_id % scenario.num_devices, server_round)
+            return replace(
+                device,
+                profile_name=modelled.profile_name,
+                uplink_bps=modelled.uplink_bps,
+                downlink_bps=modelled.downlink_bps,
+                snr_db=modelled.snr_db,
+            )
+
+        return with_link

@@ -18,6 +18,7 @@ from splitkd_flwr import protocol
 from splitkd_flwr.assets import DeviceAssets
 from splitkd_flwr.config import RunConfig
 from splitkd_flwr.errors import RoundFailedError, SplitKDError
+from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.report import MetricsLog
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.strategies.planning import Plan, Planner
@@ -68,7 +69,7 @@ class SplitKD(Strategy):
         metrics_log: MetricsLog,
         evaluate_fn: EvalFn,
         link_fn: LinkFn | None = None,
-        round_hook: Callable[[Plan], dict[str, Any]] | None = None,
+        monitor: HardwareMonitor | None = None,
     ) -> None:
         self.config = config
         self.server = server
@@ -79,8 +80,9 @@ class SplitKD(Strategy):
         self.metrics_log = metrics_log
         self.evaluate_fn = evaluate_fn
         self.link_fn = link_fn
-        self.round_hook = round_hook
+        self.monitor = monitor or HardwareMonitor.from_config("none", "none")
         self.nodes: dict[int, _Node] = {}
+        self._usage: dict[int, tuple[float, int]] = {}  # node -> (modelled device J, rounds)
         self._round: RoundInProgress | None = None
         self._selected: DeviceState | None = None
         self._plan: Plan | None = None
@@ -155,13 +157,20 @@ class SplitKD(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Select one device, plan its cut, open its data-plane round, build its message."""
-        devices = [n.state for n in self.nodes.values() if n.assets_key == self.assets.key]
+        devices = [
+            replace(n.state, energy_used_j=used, rounds_trained=rounds)
+            for n in self.nodes.values()
+            if n.assets_key == self.assets.key
+            for used, rounds in [self._usage.get(n.state.node_id, (0.0, 0))]
+        ]
         if not devices:
             raise RoundFailedError("no provisioned device is connected")
         if self.link_fn is not None:
             devices = [self.link_fn(d, server_round) for d in devices]
         device = self.selector.select(devices, server_round)
         plan = self.planner.plan(device, server_round)
+        if plan.server_clock_hz is not None:
+            self.monitor.apply_clock(plan.server_clock_hz)
         token = secrets.token_urlsafe(24)
         self._round = self.data_plane.open_round(token, self.server, plan.cut_layer)
         self._selected, self._plan = device, plan
@@ -202,6 +211,7 @@ class SplitKD(Strategy):
                 raise RoundFailedError(f"the device reported: {reply.error.reason}")
             weights = reply.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
             self.server.commit(self._plan.cut_layer, weights)
+            self._charge(self._selected, self._plan)
         except SplitKDError as err:
             self.server.rollback()
             raise RoundFailedError(str(err)) from err
@@ -209,6 +219,14 @@ class SplitKD(Strategy):
             self._round.close()
         device_metrics = dict(reply.content[protocol.METRICS])
         return None, MetricRecord({**device_metrics, **stats})
+
+    def _charge(self, device: DeviceState | None, plan: Plan) -> None:
+        """Book the round's modelled device energy (for energy-aware selectors)."""
+        if device is None:
+            return
+        used, rounds = self._usage.get(device.node_id, (0.0, 0))
+        spent = plan.modelled.get("device_compute_j", 0.0) + plan.modelled.get("device_tx_j", 0.0)
+        self._usage[device.node_id] = (used + spent, rounds + 1)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -257,14 +275,16 @@ class SplitKD(Strategy):
             try:
                 messages = list(self.configure_train(server_round, ArrayRecord(), config, grid))
                 record.update(self._describe(server_round))
-                replies = self._await_reply(grid, messages[0], timeout)
-                _, metrics = self.aggregate_train(server_round, replies)
+                with self.monitor.measure("server-round"):
+                    replies = self._await_reply(grid, messages[0], timeout)
+                    _, metrics = self.aggregate_train(server_round, replies)
                 record.update({"status": "ok", **dict(metrics or {})})
                 result.train_metrics_clientapp[server_round] = metrics
             except SplitKDError as err:
                 log(WARNING, "round %s failed and was rolled back: %s", server_round, err)
                 record.update({"status": "rolled-back", "error": str(err)})
             record["measured-round-s"] = time.monotonic() - started
+            record.update(self.monitor.metrics())
             record.update({f"eval-{k}": v for k, v in self.evaluate_fn().items()})
             self.metrics_log.append(record)
             log(INFO, "round %s/%s: %s", server_round, num_rounds, _progress_line(record))
@@ -291,8 +311,6 @@ class SplitKD(Strategy):
             described["planned-server-clock-hz"] = self._plan.server_clock_hz
         if self._selected.uplink_bps is not None:
             described["modelled-uplink-bps"] = self._selected.uplink_bps
-        if self.round_hook is not None:
-            described.update(self.round_hook(self._plan))
         return described
 
     def _await_reply(self, grid: Grid, message: Message, timeout: float) -> list[Message]:
