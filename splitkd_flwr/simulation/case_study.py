@@ -111,6 +111,7 @@ def run_case_study(
 ) -> CaseStudyResult:
     """Plan every round of the trace with the three methods under each noise condition."""
     base = _scaled_scenario(config)
+    base.trace(config.rounds)  # trajectories once, shared by every noise condition
     workload = config.workload
     rows: list[dict[str, Any]] = []
     for noise in config.noises:

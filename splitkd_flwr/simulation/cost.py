@@ -104,10 +104,15 @@ class RoundCost:
 
     def record(self, index: tuple[int, ...] | int = ()) -> dict[str, float]:
         """The figures at ``index`` as a flat dict (keys carry units), e.g. for Plan.modelled."""
-        out = {f.name: float(np.broadcast_to(getattr(self, f.name), self.delay_s.shape)[index])
-               for f in fields(self)}
-        out["delay_s"] = float(self.delay_s[index])
-        out["energy_j"] = float(self.energy_j[index])
+        index = (index,) if isinstance(index, int) else index
+
+        def at(array: np.ndarray) -> float:  # index into a broadcast axis of length 1 at 0
+            arr = np.asarray(array)
+            return float(arr[tuple(i if n > 1 else 0 for i, n in zip(index, arr.shape))] if index else arr)
+
+        out = {f.name: at(getattr(self, f.name)) for f in fields(self)}
+        out["delay_s"] = sum(out[k] for k in ("device_compute_s", "uplink_s", "server_compute_s", "downlink_s"))
+        out["energy_j"] = sum(out[k] for k in ("device_compute_j", "device_tx_j", "server_compute_j", "downlink_j"))
         return out
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
 from splitkd_flwr.errors import ConfigError
 
 KMH = 1 / 3.6  # m/s per km/h
-_HEADINGS = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])  # east, north, west, south
+_HEADINGS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # east, north, west, south
 
 
 class Mobility(ABC):
@@ -59,19 +61,20 @@ class ManhattanGrid(Mobility):
 
     def _route(self, rng: np.random.Generator, crossings: int) -> np.ndarray:
         n = int(self.half_size_m // self.block_m)  # crossings at integer (i, j), |i|, |j| <= n
-        node = rng.integers(-n, n + 1, size=2)
+        x, y = (int(v) for v in rng.integers(-n, n + 1, size=2))
         heading = int(rng.integers(4))
-        route = [node.copy()]
+        route = [(x, y)]
         for _ in range(crossings):
-            choices = [heading, (heading + 1) % 4, (heading + 3) % 4]
-            probs = np.array([0.5, 0.25, 0.25])
-            ok = np.array([np.all(np.abs(node + _HEADINGS[h]) <= n) for h in choices])
-            if not ok.any():  # a corner reached head-on: turn back
-                choices, probs, ok = [(heading + 2) % 4], np.array([1.0]), np.array([True])
-            probs = np.where(ok, probs, 0.0)
-            heading = choices[int(rng.choice(len(choices), p=probs / probs.sum()))]
-            node = node + _HEADINGS[heading]
-            route.append(node.copy())
+            choices = [heading, (heading + 1) % 4, (heading + 3) % 4]  # straight, left, right
+            weights = [0.5, 0.25, 0.25]
+            ok = [abs(x + _HEADINGS[h][0]) <= n and abs(y + _HEADINGS[h][1]) <= n for h in choices]
+            if not any(ok):  # a corner reached head-on: turn back
+                choices, weights, ok = [(heading + 2) % 4], [1.0], [True]
+            weights = [w if good else 0.0 for w, good in zip(weights, ok)]
+            cumulative = list(accumulate(weights))
+            heading = choices[bisect_right(cumulative, rng.random() * cumulative[-1])]
+            x, y = x + _HEADINGS[heading][0], y + _HEADINGS[heading][1]
+            route.append((x, y))
         return np.array(route, dtype=float) * self.block_m
 
     def positions(self, num_vehicles: int, times_s: np.ndarray) -> np.ndarray:

@@ -106,6 +106,8 @@ class Scenario:
         other = Scenario(replace(self.config, noise=str(noise)), fleet=self.fleet, mobility=self.mobility,
                          link=replace(self.link_config, noise_psd_dbm_hz=noise_psd(noise)))
         other._positions = self._positions
+        if self._trace is not None:
+            other.trace(self._trace.uplink_bps.shape[1])
         return other
 
     @property
