@@ -68,6 +68,9 @@ class Architecture:
         """Return parameter-free modules every segment needs (rotary tables)."""
         return nn.ModuleDict()
 
+    def rebuild_context(self, model: PreTrainedModel) -> None:
+        """Recompute context buffers (rotary tables) of a model built on meta."""
+
     def embed(
         self, inputs: nn.ModuleDict, input_ids: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
@@ -98,6 +101,11 @@ class RotaryArchitecture(Architecture):
     def context_modules(self, model: PreTrainedModel) -> nn.ModuleDict:
         """Return ``{"rotary_emb": ...}`` (buffers only, no parameters)."""
         return nn.ModuleDict({"rotary_emb": self.decoder(model).rotary_emb})
+
+    def rebuild_context(self, model: PreTrainedModel) -> None:
+        """Rebuild the rotary tables (computed at init, so empty on the meta device)."""
+        decoder = self.decoder(model)
+        decoder.rotary_emb = type(decoder.rotary_emb)(model.config)
 
     def embed(
         self, inputs: nn.ModuleDict, input_ids: torch.Tensor, position_ids: torch.Tensor

@@ -4,10 +4,14 @@ from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from splitkd_flwr.errors import ModelError
-from splitkd_flwr.split.adapters import architecture_of, position_ids_from_mask
+from splitkd_flwr.split.adapters import (
+    architecture_of,
+    check_model_type,
+    position_ids_from_mask,
+)
 from splitkd_flwr.split.models import (
     check_cut_layer,
     check_pair,
@@ -59,9 +63,10 @@ class StudentSegment(nn.Module):
         self.lm_head = student.get_output_embeddings() if head else None
         # Student state_dict prefix of each module trained here, for weight exchange.
         names = {id(module): name for name, module in student.named_modules()}
-        self._prefixes = {names[id(module)]: module for module in self._owned_modules()}
+        self._prefixes = {names[id(module)]: module for module in self.owned_modules()}
 
-    def _owned_modules(self) -> Iterator[nn.Module]:
+    def owned_modules(self) -> Iterator[nn.Module]:
+        """Yield the student modules this segment trains (embeddings, blocks, head)."""
         if self.inputs is not None:
             yield from self.inputs.values()
         yield from self.blocks
@@ -266,6 +271,35 @@ def partition(
     top = num_layers(student)
     upper = StudentSegment(student, cut_layer, top, embed=False, head=True)
     return device, ServerPart(teacher, upper)
+
+
+def build_device_student(
+    config: PretrainedConfig, cut_layer: int, *, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """Build a student whose embeddings and blocks ``< cut_layer`` alone take memory.
+
+    The rest (upper blocks, norm, LM head) stays on the meta device, so a device with a
+    1B student allocates only what it trains. The allocated weights are uninitialised:
+    load the server's with ``DevicePart.student.load_student_state_dict``.
+
+    Raises
+    ------
+    ModelError
+        Unsupported architecture.
+    CutLayerError
+        ``cut_layer`` outside ``1..L-1``.
+    """
+    check_model_type(getattr(config, "model_type", None))
+    check_cut_layer(cut_layer, int(config.num_hidden_layers))
+    with torch.device("meta"):
+        student = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    untie_embeddings(student)
+    arch = architecture_of(student)
+    arch.rebuild_context(student)
+    lower = StudentSegment(student, 0, cut_layer, embed=True, head=False)
+    for module in lower.owned_modules():
+        module.to_empty(device="cpu")
+    return student
 
 
 def device_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:

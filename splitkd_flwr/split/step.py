@@ -20,9 +20,8 @@ from transformers import PreTrainedModel
 
 from splitkd_flwr.errors import SplitKDError
 from splitkd_flwr.split.adapters import position_ids_from_mask
+from splitkd_flwr.split.loss import IGNORE_INDEX
 from splitkd_flwr.split.partition import DevicePart, ServerPart
-
-IGNORE_INDEX = -100  # label of positions without a next token (padding, last position)
 
 # loss_fn(student_logits (B,T,V), teacher_logits (B,T,V), labels (B,T)) -> the loss,
 # or a NamedTuple / mapping whose "loss" entry is it and whose other entries are terms.

@@ -19,6 +19,7 @@ from splitkd_flwr.split.models import (
 )
 from splitkd_flwr.split.partition import (
     DevicePart,
+    build_device_student,
     device_param_names,
     partition,
     server_param_names,
@@ -37,6 +38,19 @@ def _llama(
         num_key_value_heads=2,
         tie_word_embeddings=tie,
         pad_token_id=0,
+    )
+
+
+def _llama3(hidden: int, intermediate: int, layers: int, tie: bool) -> LlamaConfig:
+    """A Llama 3 shape: 128256 tokens, 32 query heads sharing 8 key/value heads."""
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=tie,
     )
 
 
@@ -219,24 +233,8 @@ def test_device_part_holds_teacher_embedding_and_student_below_the_cut(
 
 def test_device_part_of_an_8b_teacher_holds_only_its_embedding_table() -> None:
     # Prepare: Llama-3.1-8B and Llama-3.2-1B shapes on the meta device (no memory)
-    teacher_config = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    )
-    student_config = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=True,
-    )
+    teacher_config = _llama3(hidden=4096, intermediate=14336, layers=32, tie=False)
+    student_config = _llama3(hidden=2048, intermediate=8192, layers=16, tie=True)
     with torch.device("meta"):
         teacher, student = (
             load_causal_lm(teacher_config),
@@ -387,3 +385,37 @@ def test_student_state_dict_round_trips_through_the_device_part() -> None:
         device_part.student.load_student_state_dict(
             {k: v for k, v in sent.items() if "layers.1." not in k}
         )
+
+
+@pytest.mark.parametrize(
+    "config", [_llama(layers=4), GPT2_SMALL], ids=["llama", "gpt2"]
+)
+def test_device_student_allocates_only_below_the_cut_and_matches_the_full_one(
+    config,
+) -> None:
+    # Prepare: the server's student, and a device's built from its config alone
+    server_student = load_causal_lm(config)
+    untie_embeddings(server_student)
+    teacher_embedding = torch.nn.Embedding(50, 48)
+    cut_layer = 2
+    sent = {
+        name: server_student.state_dict()[name]
+        for name in device_param_names(server_student, cut_layer)
+    }
+    input_ids, mask = torch.randint(1, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+
+    # Execute
+    device_student = build_device_student(server_student.config, cut_layer)
+    device_part = DevicePart.from_parts(teacher_embedding, device_student, cut_layer)
+    device_part.student.load_student_state_dict(sent)
+    full_part = DevicePart.from_parts(teacher_embedding, server_student, cut_layer)
+    with torch.no_grad():  # in eval mode: GPT-2's dropout is on by default
+        _, hidden = device_part.eval()(input_ids, mask)
+        _, expected = full_part.eval()(input_ids, mask)
+
+    # Assert
+    real = [p for p in device_student.parameters() if not p.is_meta]
+    assert _count(real) == _count(device_part.student_parameters())
+    assert _count(real) < _count(server_student.parameters())
+    torch.testing.assert_close(hidden, expected, rtol=1e-6, atol=1e-6)
