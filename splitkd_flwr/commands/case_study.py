@@ -18,10 +18,12 @@ TRADEOFF_SLACKS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def case_study(
-    output_dir: Annotated[Path, typer.Option(help="where the CSV, PNGs and tables go")] = Path("outputs/case-study"),
+    output_dir: Annotated[Path, typer.Option(help="where the CSV, PNGs and tables go")] = Path(
+        "outputs/case-study"
+    ),
     rounds: Annotated[int, typer.Option(help="rounds per channel condition")] = 200,
     delay_slack: Annotated[float, typer.Option(help="bound = (1 + slack) x the round's least delay")] = 0.25,
-    delay_bound_s: Annotated[float | None, typer.Option(help="an absolute bound (s) instead of the slack")] = None,
+    delay_bound_s: Annotated[float | None, typer.Option(help="an absolute bound (s), not the slack")] = None,
     batch_size: Annotated[int, typer.Option(help="sequences per mini-batch")] = 8,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 512,
     batches_per_round: Annotated[int, typer.Option(help="mini-batches x local epochs per round")] = 10,
@@ -34,7 +36,13 @@ def case_study(
 ) -> None:
     """Run proposed vs server-only vs device-only under Good / Normal / Poor channels."""
     from splitkd_flwr.simulation import report
-    from splitkd_flwr.simulation.case_study import SENSITIVITY, CaseStudyConfig, run_case_study, sensitivity, tradeoff
+    from splitkd_flwr.simulation.case_study import (
+        SENSITIVITY,
+        CaseStudyConfig,
+        run_case_study,
+        sensitivity,
+        tradeoff,
+    )
     from splitkd_flwr.simulation.scenario import ScenarioConfig
 
     console = Console()
@@ -42,7 +50,8 @@ def case_study(
         config = CaseStudyConfig(
             rounds=rounds, batch_size=batch_size, seq_len=seq_len, batches_per_round=batches_per_round,
             delay_slack=delay_slack, delay_bound_s=delay_bound_s, selector=selector,
-            scenario=ScenarioConfig(fleet=fleet, environment=environment, cqi_thresholds=cqi_thresholds, seed=seed),
+            scenario=ScenarioConfig(fleet=fleet, environment=environment, cqi_thresholds=cqi_thresholds,
+                                    seed=seed),
         )
         output_dir.mkdir(parents=True, exist_ok=True)
         sweep_rounds = max(1, min(rounds, 100))

@@ -16,8 +16,8 @@ from splitkd_flwr.errors import SplitKDError
 def plan(
     device: Annotated[str, typer.Option(help="device profile name (see the fleet)")] = "agx-orin-1.3",
     delay_bound_s: Annotated[float | None, typer.Option(help="round delay bound (s); unset: none")] = None,
-    uplink_mbps: Annotated[float | None, typer.Option(help="uplink rate; unset: from distance and noise")] = None,
-    downlink_mbps: Annotated[float | None, typer.Option(help="downlink rate; unset: from distance and noise")] = None,
+    uplink_mbps: Annotated[float | None, typer.Option(help="uplink; unset: from distance, noise")] = None,
+    downlink_mbps: Annotated[float | None, typer.Option(help="downlink; unset: from distance, noise")] = None,
     distance_m: Annotated[float, typer.Option(help="2D distance to the base station")] = 100.0,
     los: Annotated[bool, typer.Option("--los/--nlos", help="line of sight")] = True,
     noise: Annotated[str, typer.Option(help="good / normal / poor or dBm/Hz")] = "normal",
@@ -40,10 +40,9 @@ def plan(
         link = LinkConfig(noise_psd_dbm_hz=noise_psd(noise))
         loss = float(path_loss_db(distance_m, los, link.environment, link.carrier_hz))
         noise_dbm = link.noise_psd_dbm_hz + 10 * math.log10(link.noise_bandwidth_hz)
-        snr = {  # no shadowing: the median link at this distance
-            "UL": 10 * math.log10(profile.tx_power_w * 1e3) + link.bs_gain_dbi + link.ue_gain_dbi - loss - noise_dbm,
-            "DL": 10 * math.log10(server.tx_power_w * 1e3) + link.bs_gain_dbi + link.ue_gain_dbi - loss - noise_dbm,
-        }
+        budget_db = link.bs_gain_dbi + link.ue_gain_dbi - loss - noise_dbm  # no shadowing: the median link
+        snr = {"UL": 10 * math.log10(profile.tx_power_w * 1e3) + budget_db,
+               "DL": 10 * math.log10(server.tx_power_w * 1e3) + budget_db}
         up = uplink_mbps * 1e6 if uplink_mbps is not None else float(link.link_rate(snr["UL"], "UL")[1])
         down = downlink_mbps * 1e6 if downlink_mbps is not None else float(link.link_rate(snr["DL"], "DL")[1])
         state = DeviceState(0, 0, device, uplink_bps=up, downlink_bps=down, snr_db=snr["UL"])
@@ -54,7 +53,8 @@ def plan(
         raise click.ClickException(str(err)) from err
 
     console = Console()
-    console.print(f"{device} ({profile.hardware}), uplink {up / 1e6:.1f} Mbit/s, downlink {down / 1e6:.1f} Mbit/s"
+    console.print(f"{device} ({profile.hardware}), uplink {up / 1e6:.1f} Mbit/s, "
+                  f"downlink {down / 1e6:.1f} Mbit/s"
                   + (f", SNR {snr['UL']:.1f} dB at {distance_m:g} m" if uplink_mbps is None else "")
                   + f"; bound {'none' if delay_bound_s is None else f'{delay_bound_s:g} s'}")
     table = Table("", *plans)

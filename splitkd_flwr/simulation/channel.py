@@ -51,11 +51,13 @@ def path_loss_db(
     d_bp = 4 * (h_bs - 1.0) * (ut_height_m - 1.0) * carrier_hz / SPEED_OF_LIGHT  # effective env. height 1 m
     if environment == "umi":
         pl1 = 32.4 + 21 * np.log10(d3d) + 20 * math.log10(fc)
-        pl2 = 32.4 + 40 * np.log10(d3d) + 20 * math.log10(fc) - 9.5 * math.log10(d_bp**2 + (h_bs - ut_height_m) ** 2)
+        pl2 = (32.4 + 40 * np.log10(d3d) + 20 * math.log10(fc)
+               - 9.5 * math.log10(d_bp**2 + (h_bs - ut_height_m) ** 2))
         nlos = 35.3 * np.log10(d3d) + 22.4 + 21.3 * math.log10(fc) - 0.3 * (ut_height_m - 1.5)
     else:
         pl1 = 28.0 + 22 * np.log10(d3d) + 20 * math.log10(fc)
-        pl2 = 28.0 + 40 * np.log10(d3d) + 20 * math.log10(fc) - 9 * math.log10(d_bp**2 + (h_bs - ut_height_m) ** 2)
+        pl2 = (28.0 + 40 * np.log10(d3d) + 20 * math.log10(fc)
+               - 9 * math.log10(d_bp**2 + (h_bs - ut_height_m) ** 2))
         nlos = 13.54 + 39.08 * np.log10(d3d) + 20 * math.log10(fc) - 0.6 * (ut_height_m - 1.5)
     pl_los = np.where(d2d <= d_bp, pl1, pl2)
     return np.where(los, pl_los, np.maximum(pl_los, nlos))
@@ -98,7 +100,9 @@ class LinkConfig:
         if self.environment not in ENVIRONMENTS:
             raise ConfigError(f"environment must be one of {sorted(ENVIRONMENTS)}, got {self.environment!r}")
         if self.cqi_thresholds not in CQI_THRESHOLDS_DB:
-            raise ConfigError(f"cqi_thresholds must be one of {sorted(CQI_THRESHOLDS_DB)}, got {self.cqi_thresholds!r}")
+            raise ConfigError(
+                f"cqi_thresholds must be one of {sorted(CQI_THRESHOLDS_DB)}, got {self.cqi_thresholds!r}"
+            )
         object.__setattr__(self, "thresholds_db", CQI_THRESHOLDS_DB[self.cqi_thresholds])
 
     def rates_bps(self, direction: str) -> np.ndarray:

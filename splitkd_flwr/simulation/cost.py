@@ -111,8 +111,11 @@ class RoundCost:
             return float(arr[tuple(i if n > 1 else 0 for i, n in zip(index, arr.shape))] if index else arr)
 
         out = {f.name: at(getattr(self, f.name)) for f in fields(self)}
-        out["delay_s"] = sum(out[k] for k in ("device_compute_s", "uplink_s", "server_compute_s", "downlink_s"))
-        out["energy_j"] = sum(out[k] for k in ("device_compute_j", "device_tx_j", "server_compute_j", "downlink_j"))
+        # the same sums, in the same order, as the delay_s / energy_j properties
+        out["delay_s"] = sum(out[k] for k in ("device_compute_s", "uplink_s", "server_compute_s",
+                                              "downlink_s"))
+        out["energy_j"] = sum(out[k] for k in ("device_compute_j", "device_tx_j", "server_compute_j",
+                                               "downlink_j"))
         return out
 
 

@@ -75,7 +75,8 @@ def nr_rate_bps(
 ) -> np.ndarray:
     """TS 38.306 4.1.2: ``layers Qm f R (N_PRB 12 / T_s) (1 - OH)`` with ``T_s = 1e-3 / (14 2^mu)``."""
     symbol_s = 1e-3 / (14 * 2**mu)
-    return layers * np.asarray(qm) * scaling * np.asarray(code_rate) * (num_prb * 12 / symbol_s) * (1 - overhead)
+    resource_elements_per_s = num_prb * 12 / symbol_s
+    return layers * np.asarray(qm) * scaling * np.asarray(code_rate) * resource_elements_per_s * (1 - overhead)
 
 
 def rate_table_bps(

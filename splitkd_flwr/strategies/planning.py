@@ -78,7 +78,9 @@ class ModelledPlanner(Planner):
     def _links(self, devices: Sequence[DeviceState]) -> tuple[DeviceArrays, np.ndarray, np.ndarray]:
         missing = [d.partition_id for d in devices if d.uplink_bps is None or d.downlink_bps is None]
         if missing:
-            raise ConfigError(f"{type(self).__name__} needs uplink_bps and downlink_bps; devices {missing} lack them")
+            raise ConfigError(
+                f"{type(self).__name__} needs uplink_bps and downlink_bps; devices {missing} lack them"
+            )
         profiles = [self.fleet.profile(d.profile_name) for d in devices]
         up = np.array([d.uplink_bps for d in devices], dtype=float)
         down = np.array([d.downlink_bps for d in devices], dtype=float)
