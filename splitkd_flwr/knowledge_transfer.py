@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from splitkd_flwr.data.loading import Examples, iterate_batches, next_token_labels
+from splitkd_flwr.data.loading import Examples, iterate_batches
 from splitkd_flwr.errors import ConfigError, ModelError
 from splitkd_flwr.split.loss import IGNORE_INDEX, KDLoss, cross_entropy
+from splitkd_flwr.split.step import make_labels
 
 Batch = Mapping[str, Tensor]
 TeacherFn = Callable[[Batch], Tensor]  # batch -> (B, T, V) logits at the loss's temperature
@@ -72,7 +73,7 @@ def train_ce(model: nn.Module, batches: Iterable[Batch], lr: float) -> dict[str,
     model.train()
     loss_sum = tokens = examples = steps = 0.0
     for batch in batches:
-        labels = next_token_labels(batch["input_ids"], batch["attention_mask"])  # (B, T)
+        labels = make_labels(batch["input_ids"], batch["attention_mask"])  # (B, T)
         loss = cross_entropy(_logits(model, batch), labels)
         _step(model, optimizer, loss)
         count = float((labels != IGNORE_INDEX).sum())
@@ -165,7 +166,7 @@ def distill(student: nn.Module, teacher: TeacherFn, batches: Iterable[Batch], lr
         with torch.no_grad():
             teacher_logits = teacher(batch)  # (B, T, V)
         student.train()
-        labels = next_token_labels(batch["input_ids"], batch["attention_mask"])  # (B, T) mask only
+        labels = make_labels(batch["input_ids"], batch["attention_mask"])  # (B, T) mask only
         terms = loss(_logits(student, batch), teacher_logits, labels)
         _step(student, optimizer, terms.loss)
         kd_sum, steps = kd_sum + terms.kd.item(), steps + 1
