@@ -45,13 +45,13 @@ class EnergyReading:
 
     def __add__(self, other: EnergyReading) -> EnergyReading:
         """Sum two readings of the same meter (a phase entered once per mini-batch)."""
-        measured = self.measured and other.measured
-        rails = set(self.rails_j) & set(other.rails_j) if measured else set()
+        joules = None if self.joules is None or other.joules is None else self.joules + other.joules
+        rails = set(self.rails_j) & set(other.rails_j) if joules is not None else set()
         return EnergyReading(
             source=self.source,
-            measured=measured,
+            measured=self.measured and other.measured and joules is not None,
             duration_s=self.duration_s + other.duration_s,
-            joules=self.joules + other.joules if measured else None,  # type: ignore[operator]
+            joules=joules,
             samples=self.samples + other.samples,
             rails_j={r: self.rails_j[r] + other.rails_j[r] for r in sorted(rails)},
             note=self.note or other.note,
@@ -96,8 +96,8 @@ class EnergyMeter(ABC):
         """Begin a phase."""
         if self._t0 is not None:
             raise RuntimeError(f"{type(self).__name__}: start() called twice without stop()")
-        self._t0 = time.monotonic()
         self._begin()
+        self._t0 = time.monotonic()
 
     def stop(self) -> EnergyReading:
         """End the phase begun by ``start()`` and return its reading."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from logging import WARNING
 from types import ModuleType
 from typing import Any
+
+from flwr.common.logger import log
 
 from splitkd_flwr.hardware.clocks import ClockController, snap_up
 from splitkd_flwr.hardware.meters import EnergyReading, HardwareUnavailable, SamplingMeter
@@ -92,7 +95,7 @@ class NvmlMeter(SamplingMeter):
             if not self.use_counter:
                 raise
         self.source = "nvml-counter" if self.use_counter else "nvml-sampled"
-        self._start_mj = 0
+        self._start_mj: int | None = None
 
     def read_power_w(self) -> Mapping[str, float]:
         """Board power now (NVML reports mW)."""
@@ -102,12 +105,13 @@ class NvmlMeter(SamplingMeter):
         except nvml.NVMLError as err:
             raise HardwareUnavailable(self.device.error_reason(err, "reading power")) from err
 
-    def _energy_mj(self) -> int:
+    def _energy_mj(self) -> int | None:
         nvml = self.device.nvml
         try:
             return int(nvml.nvmlDeviceGetTotalEnergyConsumption(self.device.handle))
         except nvml.NVMLError as err:
-            raise HardwareUnavailable(self.device.error_reason(err, "reading energy")) from err
+            log(WARNING, "%s: %s; phase not measured", self.source, self.device.error_reason(err, "reading energy"))
+            return None
 
     def _begin(self) -> None:
         if self.use_counter:
@@ -118,8 +122,10 @@ class NvmlMeter(SamplingMeter):
     def _end(self, duration_s: float) -> EnergyReading:
         if not self.use_counter:
             return super()._end(duration_s)
-        joules = (self._energy_mj() - self._start_mj) / 1000.0
-        return EnergyReading(self.source, True, duration_s, joules=joules, samples=2)
+        end_mj = self._energy_mj()
+        if self._start_mj is None or end_mj is None:
+            return EnergyReading(self.source, False, duration_s, note="energy counter read failed")
+        return EnergyReading(self.source, True, duration_s, joules=(end_mj - self._start_mj) / 1000.0, samples=2)
 
     def close(self) -> None:
         """Stop sampling and release NVML."""

@@ -147,3 +147,18 @@ def test_no_permission_warns_once_and_reports_not_applied(caplog: pytest.LogCapt
 def test_lock_not_supported_reports_reason() -> None:
     setting = NvmlClock(NvmlDevice(0, FakeNVML(lock_supported=False))).apply(1.5e9)
     assert not setting.applied and "not supported" in setting.reason
+
+
+def test_counter_failing_mid_run_reports_not_measured(caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: the counter works when the meter is built, then stops answering
+    fake = FakeNVML()
+    meter = NvmlMeter(NvmlDevice(0, fake))
+    fake.energy_counter = False
+
+    # Execute
+    with caplog.at_level(logging.WARNING), meter.measure() as m:
+        fake.advance(1.0)
+
+    # Assert
+    assert m.reading is not None and not m.reading.measured and m.reading.joules is None
+    assert "reading energy is not supported" in caplog.text
