@@ -21,6 +21,7 @@ from splitkd_flwr.split.adapters import check_model_type
 
 logger = logging.getLogger(__name__)
 
+_UNTIED_CLASSES: set[type] = set()
 TEACHER_EMBEDDING_KEY = "weight"  # the one tensor in the file, (V, d_t)
 
 
@@ -167,7 +168,11 @@ def untie_embeddings(model: PreTrainedModel) -> bool:
         weight.detach().clone(), requires_grad=weight.requires_grad
     )
     model.config.tie_word_embeddings = False
-    logger.warning(
+    # Once per class and process: a device unties a freshly built student every round.
+    level = logging.DEBUG if type(model) in _UNTIED_CLASSES else logging.WARNING
+    _UNTIED_CLASSES.add(type(model))
+    logger.log(
+        level,
         "Untied the input embedding and LM head of %s for the split: they now "
         "train apart and save as two tensors.",
         type(model).__name__,

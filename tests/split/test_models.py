@@ -9,6 +9,7 @@ from tokenizers.models import WordLevel
 from transformers import BertConfig, LlamaConfig, PreTrainedTokenizerFast, T5Config
 
 from splitkd_flwr.errors import ModelError
+from splitkd_flwr.split import models
 from splitkd_flwr.split.adapters import SUPPORTED_MODEL_TYPES
 from splitkd_flwr.split.models import (
     check_pair,
@@ -158,17 +159,20 @@ def test_tokenizer_mismatch_is_refused() -> None:
 
 
 def test_partition_unties_a_tied_student_once_and_it_saves_untied(
-    tmp_path, caplog
+    tmp_path, caplog, monkeypatch
 ) -> None:
-    # Prepare
+    # Prepare: a process that has untied nothing yet
+    monkeypatch.setattr(models, "_UNTIED_CLASSES", set())
     teacher, student = load_causal_lm(_llama()), load_causal_lm(_llama(tie=True))
+    another = load_causal_lm(_llama(tie=True))
     embedding = student.get_input_embeddings().weight
     assert student.get_output_embeddings().weight is embedding
 
     # Execute
-    with caplog.at_level(logging.WARNING, logger="splitkd_flwr.split.models"):
+    with caplog.at_level(logging.DEBUG, logger="splitkd_flwr.split.models"):
         partition(teacher, student, 2)
-        partition(teacher, student, 3)
+        partition(teacher, student, 3)  # already untied: nothing to do
+        partition(teacher, another, 1)  # a second model of the class: no new warning
     head = student.get_output_embeddings().weight
     with torch.no_grad():
         head.add_(1.0)  # train the head apart from the embedding
@@ -178,7 +182,8 @@ def test_partition_unties_a_tied_student_once_and_it_saves_untied(
     # Assert
     assert head is not embedding and not student.config.tie_word_embeddings
     assert torch.equal(head, embedding + 1.0)
-    assert sum("Untied" in record.getMessage() for record in caplog.records) == 1
+    untied = [record.levelno for record in caplog.records if "Untied" in record.message]
+    assert untied == [logging.WARNING, logging.DEBUG]
     assert torch.equal(reloaded.get_output_embeddings().weight, head)
     assert torch.equal(reloaded.get_input_embeddings().weight, embedding)
 
