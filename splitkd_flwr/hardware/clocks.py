@@ -89,8 +89,8 @@ class ClockController(ABC):
     def _warn_once(self, reason: str) -> None:
         if reason not in self._warned:
             self._warned.add(reason)
-            log(WARNING, "GPU clock not applied (%s): %s; the run goes on at the current clock",
-                self.source, reason)
+            log(WARNING, "GPU clock not applied (%s): %s; the run goes on at the current "
+                "clock", self.source, reason)
 
     def _read_current(self) -> float | None:
         try:
@@ -103,7 +103,8 @@ class ClockController(ABC):
         self._request_hz = hz
         if hz is None:
             self.restore()
-            return ClockSetting(self.source, None, None, False, "not requested", self._read_current())
+            current = self._read_current()
+            return ClockSetting(self.source, None, None, False, "not requested", current)
         if hz <= 0:
             raise ValueError(f"clock must be > 0 Hz, got {hz}")
         try:

@@ -20,7 +20,9 @@ BACKENDS = ("auto", "nvml", "jetson", "none")
 T = TypeVar("T")
 
 
-def _pick(name: str, what: str, builders: dict[str, Callable[[], T]], null: Callable[[str], T]) -> T:
+def _pick(
+    name: str, what: str, builders: dict[str, Callable[[], T]], null: Callable[[str], T]
+) -> T:
     """Build ``builders[name]``; for ``auto`` the first that works; else ``null(reasons)``."""
     if name not in BACKENDS:
         raise ConfigError(f"{what} must be one of {', '.join(BACKENDS)}, got {name!r}")

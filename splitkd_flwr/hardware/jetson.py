@@ -118,7 +118,9 @@ class JetsonClock(ClockController):
 
     source = "jetson-devfreq"
 
-    def __init__(self, devfreq_root: str | Path = "/sys/class/devfreq", node: str | None = None) -> None:
+    def __init__(
+        self, devfreq_root: str | Path = "/sys/class/devfreq", node: str | None = None
+    ) -> None:
         super().__init__()
         self.path = Path(devfreq_root) / node if node else find_gpu_devfreq(devfreq_root)
         if not (self.path / "available_frequencies").exists():
@@ -134,8 +136,10 @@ class JetsonClock(ClockController):
 
     def _write(self, low_hz: int, high_hz: int) -> None:
         # The kernel refuses min > max at every step, so widen towards the new range first.
-        raise_first = low_hz > self._read_range()[1]
-        for name, value in (("max_freq", high_hz), ("min_freq", low_hz))[:: 1 if raise_first else -1]:
+        writes = [("max_freq", high_hz), ("min_freq", low_hz)]
+        if low_hz <= self._read_range()[1]:  # not above the current max: lower min first
+            writes.reverse()
+        for name, value in writes:
             (self.path / name).write_text(str(value))
 
     def _write_range(self, low_hz: int, high_hz: int) -> None:

@@ -206,7 +206,9 @@ class SamplingMeter(EnergyMeter):
         self._samples, self._error = [], None
         self._stop_event.clear()
         self._sample()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.source}-sampler", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"{self.source}-sampler", daemon=True
+        )
         self._thread.start()
 
     def _end(self, duration_s: float) -> EnergyReading:
@@ -217,8 +219,9 @@ class SamplingMeter(EnergyMeter):
         if self._error is None:
             self._sample()
         if self._error is not None:
-            log(WARNING, "%s: power sampling failed, phase not measured: %s", self.source, self._error)
-            return EnergyReading(self.source, False, duration_s, note=f"sampling failed: {self._error}")
+            note = f"sampling failed: {self._error}"
+            log(WARNING, "%s: %s; phase not measured", self.source, note)
+            return EnergyReading(self.source, False, duration_s, note=note)
         times = [t for t, _ in self._samples]
         rails_j = {
             rail: integrate_trapezoid(times, [p[rail] for _, p in self._samples])

@@ -29,11 +29,13 @@ class HardwareMonitor:
     >>> setting = monitor.apply_clock(plan.server_clock_hz)  # once per round
     >>> with monitor.measure("server-compute"):  # per mini-batch
     ...     server_step(...)
-    >>> metrics = monitor.metrics()  # {"server-compute-measured-energy-j": ..., "clock-applied": 1, ...}
+    >>> metrics = monitor.metrics()  # {"server-compute-measured-energy-j": ..., ...}
     >>> monitor.close()  # restores the clock
     """
 
-    def __init__(self, meter: EnergyMeter | None = None, clock: ClockController | None = None) -> None:
+    def __init__(
+        self, meter: EnergyMeter | None = None, clock: ClockController | None = None
+    ) -> None:
         self.meter = meter if meter is not None else NullMeter()
         self.clock = clock if clock is not None else NullClock()
         self._phases: dict[str, EnergyReading] = {}
@@ -49,7 +51,7 @@ class HardwareMonitor:
         sysfs_root: str | Path = "/sys",
         nvml: ModuleType | Any | None = None,
     ) -> HardwareMonitor:
-        """Build from config names (``auto``, ``nvml``, ``jetson``, ``none``) for meter and clock."""
+        """Build from config names: ``auto``, ``nvml``, ``jetson`` or ``none`` for each."""
         return cls(
             detect_meter(meter, device_index=device_index, sysfs_root=sysfs_root, nvml=nvml),
             detect_clock(clock, device_index=device_index, sysfs_root=sysfs_root, nvml=nvml),
@@ -64,7 +66,9 @@ class HardwareMonitor:
     def measure(self, phase: str) -> Iterator[Measurement]:
         """Measure the block's energy and add it to ``phase``."""
         if not _PHASE.match(phase):
-            raise ConfigError(f"phase must be lower-case and hyphenated (e.g. 'server-compute'), got {phase!r}")
+            raise ConfigError(
+                f"phase must be lower-case and hyphenated (e.g. 'server-compute'), got {phase!r}"
+            )
         holder = Measurement()
         self.meter.start()
         try:

@@ -36,7 +36,7 @@ class NvmlDevice:
             try:
                 import pynvml as nvml
             except ImportError as err:
-                raise HardwareUnavailable("pynvml is not installed (pip install nvidia-ml-py)") from err
+                raise HardwareUnavailable("pynvml is missing (pip install nvidia-ml-py)") from err
         self.nvml = nvml
         self.index = index
         try:
@@ -46,7 +46,7 @@ class NvmlDevice:
         try:
             count = nvml.nvmlDeviceGetCount()
             if not 0 <= index < count:
-                raise HardwareUnavailable(f"GPU index {index} not in 0..{count - 1} (NVML sees {count})")
+                raise HardwareUnavailable(f"GPU index {index} not in 0..{count - 1}")
             self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
             self.name = str(nvml.nvmlDeviceGetName(self.handle))
         except (nvml.NVMLError, HardwareUnavailable) as err:
@@ -58,7 +58,7 @@ class NvmlDevice:
         """A user-facing reason for an NVML error, naming the fix where there is one."""
         code = getattr(err, "value", None)
         if code == self.nvml.NVML_ERROR_NO_PERMISSION:
-            return f"{action} needs root on {self.name} (run the server as root or `sudo nvidia-smi -lgc`)"
+            return f"{action} needs root on {self.name} (run the server as root)"
         if code == self.nvml.NVML_ERROR_NOT_SUPPORTED:
             return f"{action} is not supported on {self.name}"
         return f"{action} failed on {self.name}: {err}"
@@ -110,7 +110,8 @@ class NvmlMeter(SamplingMeter):
         try:
             return int(nvml.nvmlDeviceGetTotalEnergyConsumption(self.device.handle))
         except nvml.NVMLError as err:
-            log(WARNING, "%s: %s; phase not measured", self.source, self.device.error_reason(err, "reading energy"))
+            reason = self.device.error_reason(err, "reading energy")
+            log(WARNING, "%s: %s; phase not measured", self.source, reason)
             return None
 
     def _begin(self) -> None:
@@ -125,7 +126,8 @@ class NvmlMeter(SamplingMeter):
         end_mj = self._energy_mj()
         if self._start_mj is None or end_mj is None:
             return EnergyReading(self.source, False, duration_s, note="energy counter read failed")
-        return EnergyReading(self.source, True, duration_s, joules=(end_mj - self._start_mj) / 1000.0, samples=2)
+        joules = (end_mj - self._start_mj) / 1000.0
+        return EnergyReading(self.source, True, duration_s, joules=joules, samples=2)
 
     def close(self) -> None:
         """Stop sampling and release NVML."""
@@ -175,7 +177,8 @@ class NvmlClock(ClockController):
         try:
             nvml.nvmlDeviceResetGpuLockedClocks(self.device.handle)
         except nvml.NVMLError as err:
-            raise HardwareUnavailable(self.device.error_reason(err, "resetting GPU clocks")) from err
+            reason = self.device.error_reason(err, "resetting GPU clocks")
+            raise HardwareUnavailable(reason) from err
 
     def current_hz(self) -> float | None:
         """The SM clock now."""

@@ -1,9 +1,10 @@
-"""Time the real teacher and student on this machine and fit the cost model's throughput to it.
+"""Time the real teacher and student here and fit the cost model's throughput to them.
 
-The cost model (simulation/cost.py) turns FLOPs into seconds with one machine figure, the
-effective throughput ``R = 2 * cores * clock_hz * utilisation`` (FLOP/s). This module times
-every decoder layer's forward and backward pass and both LM heads, fits ``R`` as the step's
-modelled FLOPs over its measured seconds, and checks the fit against whole split steps.
+The cost model (simulation/cost.py) turns FLOPs into seconds with one machine figure,
+the effective throughput ``R = 2 * cores * clock_hz * utilisation`` (FLOP/s). This
+module times every decoder layer's forward and backward pass and both LM heads, fits
+``R`` as the step's modelled FLOPs over its measured seconds, and checks the fit
+against whole split steps.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from splitkd_flwr.strategies.types import Workload
 
 @dataclass(frozen=True)
 class OpTiming:
-    """One timed piece of a KD step: its modelled FLOPs and its least measured seconds."""
+    """One timed piece of a KD step: its modelled FLOPs and least measured seconds."""
 
     name: str  # e.g. "student.layer3.backward", "teacher.head.forward"
     flops: float
@@ -39,8 +40,8 @@ class CutTiming:
     """Measured and predicted seconds of one split step at ``cut``."""
 
     cut: int
-    device_s: float  # device forward + device backward and optimizer step
-    server_s: float  # teacher forward, student upper part forward/backward, loss, optimizer step
+    device_s: float  # device forward, backward and optimizer step
+    server_s: float  # teacher forward, upper student forward/backward, loss, optimizer
     predicted_device_s: float
     predicted_server_s: float
 
@@ -62,7 +63,7 @@ class CutTiming:
 
 @dataclass
 class MachineProfile:
-    """What ``splitkd profile`` measured: per-op timings, the fitted throughput, per-cut checks."""
+    """What ``splitkd profile`` measured: op timings, fitted throughput, cut checks."""
 
     device: str
     dtype: str
@@ -76,26 +77,29 @@ class MachineProfile:
 
 
 CLOCKS = ("auto", "wall", "cpu")
+Layer = Callable[[torch.Tensor], torch.Tensor]  # hidden (B, T, d) -> hidden or logits
 
 
 def resolve_clock(device: torch.device, clock: str = "auto") -> str:
-    """``wall`` or ``cpu``: ``auto`` picks ``cpu`` for a one-thread CPU run, else ``wall``.
+    """``wall`` or ``cpu``; ``auto`` is ``cpu`` for a one-thread CPU run, else ``wall``.
 
-    ``wall`` is wall-clock time. ``cpu`` is this process's CPU time, for a CPU run on one
-    thread on a shared machine: it leaves out the time the OS gave other processes.
+    ``wall`` is wall-clock time. ``cpu`` is this process's CPU time, for a CPU run on
+    one thread on a shared machine: it leaves out the time the OS gave other processes.
     """
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     if clock == "auto":
-        return "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+        one_cpu_thread = device.type == "cpu" and torch.get_num_threads() == 1
+        return "cpu" if one_cpu_thread else "wall"
     if clock == "cpu" and device.type != "cpu":
         raise ValueError(f"clock 'cpu' times CPU work only, not {device.type}")
     return clock
 
 
 def make_timer(device: torch.device, clock: str = "auto") -> Callable[[], float]:
-    """A function reading ``clock`` (see `resolve_clock`) once the device's queued work is done."""
-    read = time.process_time if resolve_clock(device, clock) == "cpu" else time.perf_counter
+    """A function reading ``clock`` (`resolve_clock`) once the device's work is done."""
+    cpu = resolve_clock(device, clock) == "cpu"
+    read = time.process_time if cpu else time.perf_counter
     if device.type == "cuda":
         def now() -> float:
             torch.cuda.synchronize(device)
@@ -118,11 +122,11 @@ class Probe:
 def time_probes(
     probes: Sequence[Probe], now: Callable[[], float], repeats: int, warmup: int = 2
 ) -> list[OpTiming]:
-    """Least time of each probe by ``now`` (see `make_timer`) over ``repeats`` runs after ``warmup``.
+    """Least time of each probe by ``now`` over ``repeats`` runs after ``warmup``.
 
-    The probes take turns within each repeat and the minimum is kept: other processes only
-    ever add time, so the fastest of runs spread over the whole measurement is the closest
-    to what the hardware itself takes.
+    The probes take turns within each repeat and the minimum is kept: other processes
+    only ever add time, so the fastest of runs spread over the whole measurement is the
+    closest to what the hardware itself takes.
     """
     best = [float("inf")] * len(probes)
     for i in range(warmup + repeats):
@@ -138,41 +142,47 @@ def time_probes(
 def model_probes(
     model: PreTrainedModel, prefix: str, *, batch_size: int, seq_len: int, train: bool
 ) -> list[Probe]:
-    """Probes of each decoder layer and the LM head of ``model``: forward, and backward if ``train``.
+    """Probes of each decoder layer and the LM head: forward, and backward if ``train``.
 
-    Inputs are random hidden states; a layer sees the same masks and rotary tables as in a
-    split step. FLOPs are the cost model's (``ModelShape``), per mini-batch.
+    Inputs are random hidden states; a layer sees the same masks and rotary tables as in
+    a split step. FLOPs are the cost model's (``ModelShape``), per mini-batch.
     """
     device, dtype = model.device, model.dtype
     shape = ModelShape.from_config(model.config.to_dict())
     arch = architecture_of(model)
     mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)  # (B, T)
-    hidden = torch.randn(batch_size, seq_len, shape.hidden, device=device, dtype=dtype)  # (B, T, d)
-    kwargs_for = arch.block_kwargs(model.config, arch.context_modules(model), hidden, mask,
-                                   position_ids_from_mask(mask))
+    hidden = torch.randn(
+        batch_size, seq_len, shape.hidden, device=device, dtype=dtype
+    )  # (B, T, d)
+    context = arch.context_modules(model)
+    position_ids = position_ids_from_mask(mask)  # (B, T)
+    kwargs_for = arch.block_kwargs(model.config, context, hidden, mask, position_ids)
     norm, lm_head = arch.final_norm(model), model.get_output_embeddings()
-    pieces: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], float]] = [
-        (f"layer{i}", lambda x, b=block, i=i: b(x, **kwargs_for(i)), shape.layer_forward_flops(seq_len))
+    layer_flops = shape.layer_forward_flops(seq_len)
+    pieces: list[tuple[str, Layer, float]] = [
+        (f"layer{i}", lambda x, b=block, i=i: b(x, **kwargs_for(i)), layer_flops)
         for i, block in enumerate(arch.blocks(model))
     ]
-    pieces.append(("head", lambda x: lm_head(norm(x)), shape.head_forward_flops(seq_len)))
+    head_flops = shape.head_forward_flops(seq_len)
+    pieces.append(("head", lambda x: lm_head(norm(x)), head_flops))
     model.train(train)
     x = hidden.requires_grad_(train)
     probes = []
     for name, fn, flops_per_seq in pieces:
         forward_flops = batch_size * flops_per_seq
 
-        def forward(_: None, fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> None:
+        def forward(_: None, fn: Layer = fn) -> None:
             with torch.set_grad_enabled(train):
                 fn(x)
 
         probes.append(Probe(f"{prefix}.{name}.forward", forward_flops, forward))
         if train:
-            def graph(fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> tuple[torch.Tensor, torch.Tensor]:
-                y = fn(x)
+            def graph(fn: Layer = fn) -> tuple[torch.Tensor, torch.Tensor]:
+                y = fn(x)  # the graph the timed backward pass walks
                 return y, torch.randn_like(y)
 
-            probes.append(Probe(f"{prefix}.{name}.backward", (TRAIN_FACTOR - 1.0) * forward_flops,
+            backward_flops = (TRAIN_FACTOR - 1.0) * forward_flops
+            probes.append(Probe(f"{prefix}.{name}.backward", backward_flops,
                                 lambda yg: yg[0].backward(yg[1]), graph))
     return probes
 
@@ -180,8 +190,8 @@ def model_probes(
 def fit_throughput(ops: Sequence[OpTiming]) -> float:
     """Effective FLOP/s: the ops' modelled FLOPs over their measured seconds.
 
-    Summing before dividing weights each op by its share of the step, so the fit reproduces
-    the whole step's time rather than the average op's.
+    Summing before dividing weights each op by its share of the step, so the fit
+    reproduces the whole step's time rather than the average op's.
     """
     seconds = sum(op.seconds for op in ops)
     if seconds <= 0.0:
@@ -189,23 +199,36 @@ def fit_throughput(ops: Sequence[OpTiming]) -> float:
     return sum(op.flops for op in ops) / seconds
 
 
-def cost_model_for(teacher: PreTrainedModel, student: PreTrainedModel, batch_size: int, seq_len: int) -> CostModel:
-    """The cost model of one mini-batch of these two models (FLOPs do not depend on the server)."""
+def cost_model_for(
+    teacher: PreTrainedModel, student: PreTrainedModel, batch_size: int, seq_len: int
+) -> CostModel:
+    """The cost model of one mini-batch of these models (FLOPs ignore the server)."""
     workload = Workload(
-        num_student_layers=student.config.num_hidden_layers, batch_size=batch_size, seq_len=seq_len,
-        batches_per_round=1, student_config=student.config.to_dict(), teacher_config=teacher.config.to_dict(),
+        num_student_layers=student.config.num_hidden_layers,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        batches_per_round=1,
+        student_config=student.config.to_dict(),
+        teacher_config=teacher.config.to_dict(),
     )
     return CostModel(workload, DEFAULT_PROFILES["rtx4090"])
 
 
 def time_split_steps(
-    teacher: PreTrainedModel, student: PreTrainedModel, cuts: Sequence[int], *,
-    batch_size: int, seq_len: int, repeats: int, effective_flops: float, clock: str = "auto",
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    cuts: Sequence[int],
+    *,
+    batch_size: int,
+    seq_len: int,
+    repeats: int,
+    effective_flops: float,
+    clock: str = "auto",
 ) -> list[CutTiming]:
     """Run real split steps at each cut; time the device's and the server's share.
 
-    The prediction is the cost model's device and server FLOPs of one mini-batch at that cut
-    divided by ``effective_flops``.
+    The prediction is the cost model's device and server FLOPs of one mini-batch at
+    that cut divided by ``effective_flops``.
     """
     device = student.device
     now = make_timer(device, clock)
@@ -217,9 +240,12 @@ def time_split_steps(
     parts = {}
     for cut in cuts:
         device_part, server_part = partition(teacher, student, cut)
-        parts[cut] = (device_part, server_part,
-                      torch.optim.AdamW(device_part.student_parameters(), lr=1e-5),
-                      torch.optim.AdamW(server_part.student_parameters(), lr=1e-5))
+        parts[cut] = (
+            device_part,
+            server_part,
+            torch.optim.AdamW(device_part.student_parameters(), lr=1e-5),
+            torch.optim.AdamW(server_part.student_parameters(), lr=1e-5),
+        )
     best = {cut: [float("inf"), float("inf")] for cut in cuts}  # device_s, server_s
     # Cuts take turns within each repeat, so a burst of load elsewhere hits them alike.
     for i in range(2 + repeats):  # two warm-up rounds (allocator, optimizer state)
@@ -245,36 +271,52 @@ def time_split_steps(
 
 
 def profile_machine(
-    teacher: PreTrainedModel, student: PreTrainedModel, *, batch_size: int, seq_len: int,
-    repeats: int = 5, cuts: Sequence[int] | None = None, clock: str = "auto",
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    *,
+    batch_size: int,
+    seq_len: int,
+    repeats: int = 5,
+    cuts: Sequence[int] | None = None,
+    clock: str = "auto",
 ) -> MachineProfile:
     """Time both models layer by layer, fit the throughput, and check it on split steps.
 
     Parameters
     ----------
     teacher, student : PreTrainedModel
-        On the device and in the dtype to profile (the student is trained, so it is changed
-        by the split steps: profile a copy you do not need).
+        On the device and in the dtype to profile (the split steps train the student:
+        profile a copy you do not need).
     batch_size, seq_len : int
         The mini-batch the FLOPs and timings are for.
     repeats : int
         Timed runs per op and per cut (the fastest is kept).
     cuts : sequence of int, optional
-        Cuts to check with whole split steps; default every cut ``1..L-1``; ``[]`` skips it.
+        Cuts to check with whole split steps; default every cut ``1..L-1``; ``[]``
+        skips the check.
     clock : str
         ``wall``, ``cpu`` or ``auto`` (see `make_timer`).
     """
-    probes = model_probes(student, "student", batch_size=batch_size, seq_len=seq_len, train=True)
-    probes += model_probes(teacher, "teacher", batch_size=batch_size, seq_len=seq_len, train=False)
+    shape = {"batch_size": batch_size, "seq_len": seq_len}
+    probes = model_probes(student, "student", train=True, **shape)
+    probes += model_probes(teacher, "teacher", train=False, **shape)
     ops = time_probes(probes, make_timer(student.device, clock), repeats)
     student.zero_grad(set_to_none=True)
     effective = fit_throughput(ops)
     if cuts is None:
         cuts = range(1, student.config.num_hidden_layers)
-    checks = time_split_steps(teacher, student, list(cuts), batch_size=batch_size, seq_len=seq_len,
-                              repeats=repeats, effective_flops=effective, clock=clock)
+    checks = time_split_steps(
+        teacher, student, list(cuts), repeats=repeats, effective_flops=effective,
+        clock=clock, **shape,
+    )
     return MachineProfile(
-        device=str(student.device), dtype=str(student.dtype).removeprefix("torch."),
-        batch_size=batch_size, seq_len=seq_len, threads=torch.get_num_threads(),
-        clock=resolve_clock(student.device, clock), ops=ops, effective_flops=effective, cuts=checks,
+        device=str(student.device),
+        dtype=str(student.dtype).removeprefix("torch."),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        threads=torch.get_num_threads(),
+        clock=resolve_clock(student.device, clock),
+        ops=ops,
+        effective_flops=effective,
+        cuts=checks,
     )
