@@ -30,7 +30,7 @@ class EnergyReading:
 
     source: str  # "nvml-counter", "nvml-sampled", "jetson-ina3221", "none"
     measured: bool
-    duration_s: float  # wall time of the phase; measured even where energy is not
+    duration_s: float  # wall time of the phase (sampled: the samples' span); always measured
     joules: float | None = None
     samples: int = 0
     rails_j: dict[str, float] = field(default_factory=dict)
@@ -96,8 +96,12 @@ class EnergyMeter(ABC):
         """Begin a phase."""
         if self._t0 is not None:
             raise RuntimeError(f"{type(self).__name__}: start() called twice without stop()")
-        self._begin()
         self._t0 = time.monotonic()
+        try:
+            self._begin()
+        except BaseException:
+            self._t0 = None
+            raise
 
     def stop(self) -> EnergyReading:
         """End the phase begun by ``start()`` and return its reading."""
@@ -167,7 +171,8 @@ class SamplingMeter(EnergyMeter):
 
     Subclasses give ``read_power_w() -> {rail: watts}`` and name the ``primary`` rail. A
     sample is also taken at the very start and end, so a phase shorter than one interval
-    still integrates the two edge samples.
+    still integrates the two edge samples; the reading's ``duration_s`` is the span of the
+    samples, so its mean power is the mean of what was integrated.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class SamplingMeter(EnergyMeter):
         self._samples: list[tuple[float, Mapping[str, float]]] = []
         self._error: Exception | None = None
         self._stop_event = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @abstractmethod
@@ -193,7 +199,8 @@ class SamplingMeter(EnergyMeter):
 
     def _sample(self) -> None:
         try:
-            self._samples.append((self._clock(), self.read_power_w()))
+            with self._lock:  # a time and its reading stay a pair across the two threads
+                self._samples.append((self._clock(), self.read_power_w()))
         except (OSError, ValueError, SplitKDError) as err:  # a sensor gone mid-phase
             self._error = err
             self._stop_event.set()
@@ -213,23 +220,25 @@ class SamplingMeter(EnergyMeter):
 
     def _end(self, duration_s: float) -> EnergyReading:
         self._stop_event.set()
+        if self._error is None:
+            self._sample()  # before the join, which may wait on a busy machine
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._error is None:
-            self._sample()
         if self._error is not None:
             note = f"sampling failed: {self._error}"
             log(WARNING, "%s: %s; phase not measured", self.source, note)
             return EnergyReading(self.source, False, duration_s, note=note)
-        times = [t for t, _ in self._samples]
+        samples = sorted(self._samples, key=lambda sample: sample[0])  # the thread's last may trail
+        times = [t for t, _ in samples]
         rails_j = {
-            rail: integrate_trapezoid(times, [p[rail] for _, p in self._samples])
-            for rail in self._samples[0][1]
+            rail: integrate_trapezoid(times, [p[rail] for _, p in samples]) for rail in samples[0][1]
         }
         joules = rails_j.pop(self.primary)
+        # The samples bracket the phase; their span is the time base of the energy.
+        span_s = times[-1] - times[0]
         return EnergyReading(
-            self.source, True, duration_s, joules=joules, samples=len(times), rails_j=rails_j
+            self.source, True, span_s, joules=joules, samples=len(times), rails_j=rails_j
         )
 
     def close(self) -> None:

@@ -63,6 +63,7 @@ def test_sampling_thread_integrates_every_sample() -> None:
     assert reading.samples >= 3
     assert reading.joules == pytest.approx(5.0 * last_t**2)
     assert reading.rails_j == {"gpu": pytest.approx(4.0 * last_t)}
+    assert reading.duration_s == pytest.approx(last_t)  # the span of the samples
 
 
 def test_sensor_failure_reports_not_measured(caplog: pytest.LogCaptureFixture) -> None:
