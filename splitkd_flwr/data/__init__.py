@@ -1,1 +1,1 @@
-"""Built-in corpus, tokenizer, default tiny models, local text loading and partitioning."""
+"""Built-in corpus, tokenizer, default tiny models, text loading and partitioning."""

@@ -15,7 +15,7 @@ BOS_ID = 1
 EOS_ID = 2
 UNK_ID = 3
 
-_MAX_POSITIONS = 256  # rotary positions; 4 x DEFAULT_SEQ_LEN leaves room for longer examples
+_MAX_POSITIONS = 256  # rotary positions; room for examples 4 x DEFAULT_SEQ_LEN long
 
 
 def _tiny_llama(
