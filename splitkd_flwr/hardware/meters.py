@@ -232,7 +232,8 @@ class SamplingMeter(EnergyMeter):
         samples = sorted(self._samples, key=lambda sample: sample[0])  # the thread's last may trail
         times = [t for t, _ in samples]
         rails_j = {
-            rail: integrate_trapezoid(times, [p[rail] for _, p in samples]) for rail in samples[0][1]
+            rail: integrate_trapezoid(times, [p[rail] for _, p in samples])
+            for rail in samples[0][1]
         }
         joules = rails_j.pop(self.primary)
         # The samples bracket the phase; their span is the time base of the energy.
