@@ -2,7 +2,7 @@
 
 import typer
 
-from splitkd_flwr.commands import case_study, plan, profile
+from splitkd_flwr.commands import case_study, plan, prepare, profile
 
 app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Flower.")
 
@@ -10,6 +10,7 @@ app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Fl
 app.command()(profile.profile)
 app.command("case-study")(case_study.case_study)
 app.command()(plan.plan)
+app.command()(prepare.prepare)
 
 if __name__ == "__main__":
     app()
