@@ -155,3 +155,26 @@ def iterate_batches(
             "input_ids": examples.input_ids[index],
             "attention_mask": examples.attention_mask[index],
         }
+
+
+def iterate_steps(
+    examples: Examples, batch_size: int, num_steps: int, *, seed: int = 0
+) -> Iterator[dict[str, Tensor]]:
+    """Yield exactly ``num_steps`` full shuffled mini-batches, epoch after epoch.
+
+    Epoch ``e`` is shuffled with ``seed + e``; a last partial batch is skipped.
+    """
+    if len(examples) < batch_size:
+        raise ConfigError(
+            f"batch_size {batch_size} exceeds the {len(examples)} examples available."
+        )
+    step, epoch = 0, 0
+    while True:
+        for batch in iterate_batches(
+            examples, batch_size, shuffle=True, seed=seed + epoch, drop_last=True
+        ):
+            if step == num_steps:
+                return
+            yield batch
+            step += 1
+        epoch += 1

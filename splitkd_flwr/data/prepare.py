@@ -28,7 +28,12 @@ from splitkd_flwr.data.defaults import (
     default_student_config,
     default_teacher_config,
 )
-from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches
+from splitkd_flwr.data.loading import (
+    Examples,
+    encode_documents,
+    iterate_batches,
+    iterate_steps,
+)
 from splitkd_flwr.data.partition import split_corpus
 from splitkd_flwr.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from splitkd_flwr.errors import ConfigError
@@ -132,28 +137,19 @@ def train_teacher(
     )
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("training teacher", total=training.num_steps, loss="")
-        epoch = 0
-        while len(losses) < training.num_steps:
-            for batch in iterate_batches(
-                examples,
-                training.batch_size,
-                shuffle=True,
-                seed=seed + epoch,  # a new order each epoch
-                drop_last=True,
-            ):
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(len(losses), training)
-                logits = teacher(**batch).logits  # (B, T, V)
-                loss = cross_entropy(logits, make_labels(**batch))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
-                optimizer.step()
-                losses.append(loss.item())
-                bar.update(task, advance=1, loss=f"loss {losses[-1]:.3f}")
-                if len(losses) == training.num_steps:
-                    break
-            epoch += 1
+        for step, batch in enumerate(
+            iterate_steps(examples, training.batch_size, training.num_steps, seed=seed)
+        ):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, training)
+            logits = teacher(**batch).logits  # (B, T, V)
+            loss = cross_entropy(logits, make_labels(**batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, loss=f"loss {losses[-1]:.3f}")
     teacher.eval()
     return losses
 

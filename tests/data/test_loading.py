@@ -9,6 +9,7 @@ from splitkd_flwr.data.corpus import generate_corpus
 from splitkd_flwr.data.loading import (
     encode_documents,
     iterate_batches,
+    iterate_steps,
     load_examples,
     read_documents,
 )
@@ -126,6 +127,19 @@ def test_batches_cover_everything_once_and_shuffle_by_seed(tokenizer) -> None:
     assert len(dropped) == full and set(plain[0]) == {"input_ids", "attention_mask"}
 
 
+def test_steps_run_across_epochs_with_a_new_order_each(tokenizer) -> None:
+    examples = encode_documents([d.text for d in generate_corpus(10)], tokenizer, 64)
+    per_epoch = len(examples) // 4
+
+    steps = list(iterate_steps(examples, batch_size=4, num_steps=2 * per_epoch + 1))
+    first_epoch = list(iterate_batches(examples, 4, shuffle=True, seed=0, drop_last=True))
+
+    assert len(steps) == 2 * per_epoch + 1
+    assert all(len(b["input_ids"]) == 4 for b in steps)
+    assert torch.equal(_rows(steps[:per_epoch]), _rows(first_epoch))
+    assert not torch.equal(_rows(steps[per_epoch : 2 * per_epoch]), _rows(first_epoch))
+
+
 def test_bad_arguments_raise(tokenizer) -> None:
     examples = encode_documents(["Driver: Hi."], tokenizer, 8)
 
@@ -133,3 +147,5 @@ def test_bad_arguments_raise(tokenizer) -> None:
         encode_documents(["x"], tokenizer, seq_len=1)
     with pytest.raises(ConfigError, match="0"):
         next(iterate_batches(examples, batch_size=0))
+    with pytest.raises(ConfigError, match="batch_size 2"):
+        next(iterate_steps(examples, batch_size=2, num_steps=1))
