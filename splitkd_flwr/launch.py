@@ -64,9 +64,7 @@ class LocalFederation:
 
     home: Path
     simulation: bool
-    http_port: int = field(default_factory=free_port)
-    fleet_port: int = field(default_factory=free_port)
-    control_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)  # Fleet, Control and runtime APIs (HTTP)
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -80,8 +78,6 @@ class LocalFederation:
         command = [
             str(_BIN / "flower-superlink"), "--insecure",
             "--host", "127.0.0.1", "--port", str(self.http_port),
-            "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
-            "--control-api-address", f"127.0.0.1:{self.control_port}",
             "--database", str(self.home / "state.db"),
             "--disable-runtime-dependency-installation",
         ]
@@ -109,7 +105,7 @@ class LocalFederation:
         name = f"supernode-{len(self.processes)}"
         command = [
             str(_BIN / "flower-supernode"), "--insecure",
-            "--superlink", f"127.0.0.1:{self.fleet_port}",
+            "--superlink", self.address,
             "--port", str(free_port()),
             "--node-config", config_arg(node_config),
         ]
@@ -167,8 +163,14 @@ def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
             process.wait(grace_s)
         except subprocess.TimeoutExpired:
             pass
-    try:  # children that outlived their leader (Ray workers) are still in its group
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
+    # Children that outlived their leader (ClientApp processes, Ray workers) are still in
+    # its group: kill them and wait until the group is gone (exited children are reaped
+    # by init, not by us, so the group lingers for a moment).
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
