@@ -2,7 +2,7 @@
 
 import typer
 
-from splitkd_flwr.commands import case_study, plan, prepare, profile
+from splitkd_flwr.commands import case_study, plan, prepare, profile, simulate
 
 app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Flower.")
 
@@ -11,6 +11,7 @@ app.command()(profile.profile)
 app.command("case-study")(case_study.case_study)
 app.command()(plan.plan)
 app.command()(prepare.prepare)
+app.command()(simulate.simulate)
 
 if __name__ == "__main__":
     app()

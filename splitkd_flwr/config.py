@@ -40,7 +40,7 @@ class RunConfig:
     kd_beta: float = _help("JSD mixture weight (only for `jsd`; 0 = forward KL, 1 = reverse KL)", 0.5)
     cut_layer: int = _help("cut for the `fixed` planner: device runs student blocks [0, cut)", 4)
     selector: str = _help("device selector: a registered name or `package.module:Class`", "round-robin")
-    planner: str = _help("cut-layer planner: a registered name or `package.module:Class`", "fixed")
+    planner: str = _help("`energy-optimal`, `server-only`, `device-only`, `fixed` or `package.module:Class`", "energy-optimal")
     delay_bound_s: float = _help("round delay bound of the modelled round for `energy-optimal` (0: none)", 0.0)
     scenario: str = _help("`paper`: modelled 5G NR links and Table II hardware per vehicle; `none`: no model", "paper")
     scenario_noise: str = _help("noise PSD: `good` / `normal` / `poor` (-166 / -163 / -160 dBm/Hz) or a number", "normal")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitkd_flwr.data.prepare import default_cache_dir
 from splitkd_flwr.errors import ConfigError
 from splitkd_flwr.simulation.devices import DEFAULT_DEVICES
 
@@ -39,9 +39,8 @@ class NodeConfig:
             raise ConfigError(
                 f"partition-id must be in [0, num-partitions={num_partitions}), got {partition_id}"
             )
-        root = os.environ.get("SPLITKD_CACHE", str(Path.home() / ".cache" / "splitkd-flwr"))
         cache_dir = Path(str(node_config.get("cache-dir", ""))) if node_config.get("cache-dir") else (
-            Path(root) / "nodes" / f"partition-{partition_id}"
+            default_cache_dir() / "nodes" / f"partition-{partition_id}"
         )
         device = str(node_config.get("device", "")) or default_device(partition_id)
         meter = str(node_config.get("energy-meter", "auto"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +13,7 @@ from splitkd_flwr.assets import DeviceAssets
 from splitkd_flwr.config import RunConfig
 from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches, load_examples
 from splitkd_flwr.data.partition import builtin_split
+from splitkd_flwr.data.prepare import prepare_default_models
 from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.errors import ConfigError
 from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
@@ -22,20 +22,18 @@ from splitkd_flwr.split.models import check_pair, load_causal_lm, num_layers
 from splitkd_flwr.strategies.types import DeviceState, Workload
 
 
-def cache_root() -> Path:
-    """Where prepared default models and device caches live (``SPLITKD_CACHE`` overrides)."""
-    return Path(os.environ.get("SPLITKD_CACHE", str(Path.home() / ".cache" / "splitkd-flwr")))
+def resolve_models(config: RunConfig) -> tuple[Path, Path, Path]:
+    """Teacher, student and tokenizer directories; ``default`` prepares (or reuses) the built-in pair.
 
-
-def resolve_models(config: RunConfig) -> tuple[Path, Path]:
-    """Teacher and student directories; ``default`` prepares (or reuses) the built-in pair."""
-    if config.teacher == "default" or config.student == "default":
-        from splitkd_flwr.data.prepare import prepare_default_models  # noqa: PLC0415 - heavy
-
-        defaults = prepare_default_models(cache_root(), progress=False)
+    A user's teacher directory holds its tokenizer (as Hugging Face checkpoints do).
+    """
+    if "default" not in (config.teacher, config.student):
+        return Path(config.teacher), Path(config.student), Path(config.teacher)
+    defaults = prepare_default_models(progress=False)
     teacher = defaults.teacher_dir if config.teacher == "default" else Path(config.teacher)
     student = defaults.student_dir if config.student == "default" else Path(config.student)
-    return Path(teacher), Path(student)
+    tokenizer = defaults.tokenizer_dir if config.teacher == "default" else teacher
+    return teacher, student, tokenizer
 
 
 @dataclass
@@ -51,10 +49,10 @@ class Workspace:
     @classmethod
     def load(cls, config: RunConfig) -> Workspace:
         """Load teacher, student and tokenizer (the teacher's directory holds the tokenizer)."""
-        teacher_dir, student_dir = resolve_models(config)
+        teacher_dir, student_dir, tokenizer_dir = resolve_models(config)
         teacher = load_causal_lm(teacher_dir)
         student = load_causal_lm(student_dir)
-        tokenizer = load_tokenizer(teacher_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
         check_pair(teacher, student)
         output_dir = Path(config.output_dir).expanduser().resolve()
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -179,11 +179,12 @@ class Koala(Strategy):
         return result
 
 
-def resolve_koala_models(config: RunConfig) -> tuple[Path, list[Path]]:
-    """The large model's directory (``teacher``) and one per small architecture (``student``, comma-separated)."""
-    names = [name.strip() for name in config.student.split(",") if name.strip()]
-    large_dir = resolve_models(replace(config, student=names[0] if names else "default"))[0]
-    return large_dir, [resolve_models(replace(config, student=name))[1] for name in names or ["default"]]
+def resolve_koala_models(config: RunConfig) -> tuple[Path, list[Path], Path]:
+    """The large model's directory (``teacher``), one per small architecture (``student``,
+    comma-separated), and the tokenizer's."""
+    names = [name.strip() for name in config.student.split(",") if name.strip()] or ["default"]
+    large_dir, _, tokenizer_dir = resolve_models(replace(config, student=names[0]))
+    return large_dir, [resolve_models(replace(config, student=name))[1] for name in names], tokenizer_dir
 
 
 def evaluation(large: PreTrainedModel, smalls: Sequence[PreTrainedModel], batches: list) -> EvalFn:
@@ -200,8 +201,8 @@ def evaluation(large: PreTrainedModel, smalls: Sequence[PreTrainedModel], batche
 
 def run_koala(grid: Grid, config: RunConfig) -> Path:
     """Load the models, run the KOALA rounds, save the large model; return the output dir."""
-    large_dir, small_dirs = resolve_koala_models(config)
-    large, tokenizer = load_causal_lm(large_dir), load_tokenizer(large_dir)
+    large_dir, small_dirs, tokenizer_dir = resolve_koala_models(config)
+    large, tokenizer = load_causal_lm(large_dir), load_tokenizer(tokenizer_dir)
     smalls = [load_causal_lm(d) for d in small_dirs]
     for small in smalls:
         check_pair(large, small)

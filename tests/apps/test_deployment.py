@@ -32,7 +32,7 @@ def test_two_supernodes_two_rounds(tmp_path: Path, monkeypatch) -> None:
     run_config = {
         "teacher": str(teacher_dir), "student": str(student_dir), "num-rounds": 2,
         "max-batches-per-epoch": 3, "output-dir": str(out), "eval-batches": 2,
-        "cut-layer": 2, "min-nodes": 2, "scenario": "none", "round-timeout-s": 240.0,
+        "cut-layer": 2, "planner": "fixed", "min-nodes": 2, "scenario": "none", "round-timeout-s": 240.0,
     }
 
     # Execute

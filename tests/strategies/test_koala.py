@@ -29,7 +29,7 @@ def test_plan_round_trips_and_rejects_bad_values() -> None:
 
 def test_student_key_lists_one_dir_per_architecture(tmp_path: Path) -> None:
     config = RunConfig(teacher=str(tmp_path / "large"), student=f"{tmp_path / 'a'}, {tmp_path / 'b'}")
-    large, smalls = resolve_koala_models(config)
+    large, smalls, _ = resolve_koala_models(config)
     assert large == tmp_path / "large"
     assert smalls == [tmp_path / "a", tmp_path / "b"]
 
