@@ -18,7 +18,7 @@ from splitkd_flwr.koala_client import koala_train
 from splitkd_flwr.node_config import NodeConfig
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.partition import DevicePart, device_param_names
-from splitkd_flwr.transport.stream import DeviceSession
+from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
 
 app = ClientApp()
 app.train("koala")(koala_train)
@@ -66,8 +66,13 @@ def train(msg: Message, context: Context) -> Message:
     batches = device_batches(node, load_device_tokenizer(node), plan)
     # Devices never change their clock here; the planner decides only the server's.
     with HardwareMonitor.from_config(node.energy_meter, "none") as monitor:
+        tls = DeviceTLS(plan.tls_root_cert.encode()) if plan.tls_root_cert else None
         with DeviceSession(
-            plan.address, plan.token, timeout_s=plan.frame_timeout_s, wire_dtype=plan.wire_dtype
+            plan.address,
+            plan.token,
+            timeout_s=plan.frame_timeout_s,
+            wire_dtype=plan.wire_dtype,
+            tls=tls,
         ) as session:
             with monitor.measure("device-compute"):
                 figures = run_device_round(session, device_part, batches, optimizer)

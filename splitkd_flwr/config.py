@@ -55,6 +55,8 @@ class RunConfig:
     wire_dtype: str = _help("dtype of float tensors on the data plane: `fp32`, `fp16`, `bf16`", "fp32")
     data_plane_bind: str = _help("host:port the server's data plane listens on (port 0: any free port)", "127.0.0.1:0")
     data_plane_address: str = _help("host:port devices dial (empty: the bound address)", "")
+    data_plane_certfile: str = _help("PEM certificate of the data plane (empty: no TLS; loopback only)", "")
+    data_plane_keyfile: str = _help("PEM private key of that certificate", "")
     frame_timeout_s: float = _help("a device or server silent this long ends the round", 60.0)
     round_timeout_s: float = _help("upper bound on one round's Flower message round trip", 1800.0)
     eval_batches: int = _help("held-out mini-batches the server evaluates per round (0: all)", 8)
@@ -96,6 +98,11 @@ class RunConfig:
             not self.data_plane_address or _is_host_port(self.data_plane_address),
             "data-plane-address",
             "'host:port' or empty",
+        )
+        need(
+            bool(self.data_plane_certfile) == bool(self.data_plane_keyfile),
+            "data-plane-keyfile",
+            "given together with data-plane-certfile",
         )
         need(self.frame_timeout_s > 0, "frame-timeout-s", "> 0")
         need(self.round_timeout_s > 0, "round-timeout-s", "> 0")

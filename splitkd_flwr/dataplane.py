@@ -7,18 +7,25 @@ The glue between :mod:`splitkd_flwr.split` (the math) and :mod:`splitkd_flwr.tra
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from splitkd_flwr.errors import TransportError
+from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.partition import DevicePart
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import Smashed, device_backward, device_forward
 from splitkd_flwr.transport.stream import DataPlaneServer, DeviceSession, Frame, RoundHandle, TensorSpec
 
 GRAD = "grad"
+
+
+@contextmanager
+def _unmeasured(phase: str) -> Iterator[None]:
+    yield
 
 
 def smashed_spec(d_teacher: int, d_student: int) -> dict[str, TensorSpec]:
@@ -88,13 +95,32 @@ class RoundInProgress:
 class DataPlane:
     """The server's data-plane endpoint, serving one split round at a time."""
 
-    def __init__(self, server: DataPlaneServer, address: str, wire_dtype: str = "fp32") -> None:
+    def __init__(
+        self,
+        server: DataPlaneServer,
+        address: str,
+        wire_dtype: str = "fp32",
+        root_cert_pem: str = "",
+    ) -> None:
         self.server = server
         self.address = address
         self.wire_dtype = wire_dtype
+        # Devices learn which certificate to trust from the round plan, which reaches them
+        # over Flower's own (TLS) control plane: no second key distribution.
+        self.root_cert_pem = root_cert_pem
 
-    def open_round(self, token: str, split_server: SplitServer, cut_layer: int) -> RoundInProgress:
-        """Accept ``token`` for one round whose frames drive ``split_server`` at ``cut_layer``."""
+    def open_round(
+        self,
+        token: str,
+        split_server: SplitServer,
+        cut_layer: int,
+        monitor: HardwareMonitor | None = None,
+    ) -> RoundInProgress:
+        """Accept ``token`` for one round whose frames drive ``split_server`` at ``cut_layer``.
+
+        With a ``monitor``, each server step is measured as the ``server-compute`` phase.
+        """
+        measure = monitor.measure if monitor is not None else _unmeasured
         split_server.begin_round(cut_layer)
         spec = smashed_spec(*split_server.expected_widths)
         tally = _Tally()
@@ -102,7 +128,8 @@ class DataPlane:
         def on_frame(frame: Frame) -> Frame:
             smashed = Smashed(**{name: frame[name] for name in spec})
             started = time.perf_counter()
-            result = split_server.step(smashed)
+            with measure("server-compute"):
+                result = split_server.step(smashed)
             tokens = int((smashed.labels != -100).sum())
             tally.add(result.loss, result.terms, tokens, time.perf_counter() - started)
             return Frame({GRAD: result.grad_at_cut}, {"loss": result.loss})

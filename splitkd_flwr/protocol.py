@@ -54,6 +54,7 @@ class RoundPlan:
     token: str  # one-time round token
     frame_timeout_s: float
     seed: int
+    tls_root_cert: str  # PEM the device trusts for the data plane ("" = no TLS)
 
     def to_record(self) -> ConfigRecord:
         """Encode as a ConfigRecord with hyphenated keys."""

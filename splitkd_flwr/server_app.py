@@ -19,7 +19,7 @@ from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.strategies.planning import load_planner
 from splitkd_flwr.strategies.selection import load_selector
 from splitkd_flwr.strategies.split_kd import SplitKD
-from splitkd_flwr.transport.stream import DataPlaneServer
+from splitkd_flwr.transport.stream import DataPlaneServer, ServerTLS
 from splitkd_flwr.workspace import Workspace
 
 app = ServerApp()
@@ -53,7 +53,10 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
     teacher_eval = evaluate_lm(workspace.teacher, eval_batches)
     log(INFO, "initial student: perplexity %.2f; teacher: %.2f", initial["perplexity"], teacher_eval["perplexity"])
     host, _, port = config.data_plane_bind.rpartition(":")
-    stream_server = DataPlaneServer(host, int(port), idle_timeout_s=config.frame_timeout_s)
+    tls = None
+    if config.data_plane_certfile:
+        tls = ServerTLS.from_files(config.data_plane_certfile, config.data_plane_keyfile)
+    stream_server = DataPlaneServer(host, int(port), idle_timeout_s=config.frame_timeout_s, tls=tls)
     bound_address = stream_server.start()
     metrics_log = MetricsLog(output_dir)
     monitor = HardwareMonitor.from_config(config.server_energy_meter, config.server_clock)
@@ -65,7 +68,10 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
             config=config,
             server=server,
             data_plane=DataPlane(
-                stream_server, config.data_plane_address or bound_address, config.wire_dtype
+                stream_server,
+                config.data_plane_address or bound_address,
+                config.wire_dtype,
+                Path(config.data_plane_certfile).read_text() if tls else "",
             ),
             selector=load_selector(config.selector, seed=config.seed),
             planner=load_planner(

@@ -172,7 +172,7 @@ class SplitKD(Strategy):
         if plan.server_clock_hz is not None:
             self.monitor.apply_clock(plan.server_clock_hz)
         token = secrets.token_urlsafe(24)
-        self._round = self.data_plane.open_round(token, self.server, plan.cut_layer)
+        self._round = self.data_plane.open_round(token, self.server, plan.cut_layer, self.monitor)
         self._selected, self._plan = device, plan
         round_plan = protocol.RoundPlan(
             server_round=server_round,
@@ -187,6 +187,7 @@ class SplitKD(Strategy):
             token=token,
             frame_timeout_s=self.config.frame_timeout_s,
             seed=self.config.seed + server_round,
+            tls_root_cert=self.data_plane.root_cert_pem,
         )
         content = RecordDict(
             {
@@ -275,9 +276,8 @@ class SplitKD(Strategy):
             try:
                 messages = list(self.configure_train(server_round, ArrayRecord(), config, grid))
                 record.update(self._describe(server_round))
-                with self.monitor.measure("server-round"):
-                    replies = self._await_reply(grid, messages[0], timeout)
-                    _, metrics = self.aggregate_train(server_round, replies)
+                replies = self._await_reply(grid, messages[0], timeout)
+                _, metrics = self.aggregate_train(server_round, replies)
                 record.update({"status": "ok", **dict(metrics or {})})
                 result.train_metrics_clientapp[server_round] = metrics
             except SplitKDError as err:

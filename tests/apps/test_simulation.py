@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from splitkd_flwr.launch import LocalFederation
+from splitkd_flwr.transport.stream import self_signed
 from tests.apps.tiny import save_tiny_pair
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,10 +20,14 @@ def test_three_vehicles_three_rounds_energy_optimal(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("SPLITKD_CACHE", str(tmp_path / "cache"))
     teacher_dir, student_dir = save_tiny_pair(tmp_path / "models", student_layers=4)
     out = tmp_path / "out"
+    server_tls, _ = self_signed("127.0.0.1")
+    (tmp_path / "dp.crt").write_bytes(server_tls.certificate_chain)
+    (tmp_path / "dp.key").write_bytes(server_tls.private_key)
     run_config = {
         "teacher": str(teacher_dir), "student": str(student_dir), "num-rounds": 3,
         "max-batches-per-epoch": 4, "output-dir": str(out), "eval-batches": 2,
         "planner": "energy-optimal", "delay-bound-s": 1000.0, "wire-dtype": "fp16",
+        "data-plane-certfile": str(tmp_path / "dp.crt"), "data-plane-keyfile": str(tmp_path / "dp.key"),
     }
 
     # Execute
@@ -40,6 +45,8 @@ def test_three_vehicles_three_rounds_energy_optimal(tmp_path: Path, monkeypatch)
         assert r["modelled-delay-s"] <= 1000.0 and r["modelled-energy-j"] > 0
         assert r["modelled-uplink-bps"] > 0 and r["measured-bytes-up"] > 0
         assert r["batches"] == 4 and r["train-loss"] > 0
+        assert r["server-compute-energy-measured"] == 0  # no GPU here: "not measured", never 0 J
+        assert "server-compute-measured-energy-j" not in r
     assert records[-1]["eval-perplexity"] < records[0]["eval-perplexity"]
     trained = AutoModelForCausalLM.from_pretrained(out / "student")
     initial = AutoModelForCausalLM.from_pretrained(student_dir)
