@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 from logging import INFO
 from pathlib import Path
 
@@ -29,6 +32,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run split KD (or KOALA) for ``num-rounds`` rounds and save the result."""
     config = RunConfig.from_run_config(context.run_config)
+    _exit_cleanly_on_sigterm()
     log(INFO, "splitkd-flwr run config: %s", config.to_run_config())
     if config.mode == "koala":
         from splitkd_flwr.strategies.koala import run_koala  # noqa: PLC0415 - optional mode
@@ -36,6 +40,12 @@ def main(grid: Grid, context: Context) -> None:
         run_koala(grid, config)
         return
     run_split_kd(grid, config)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (how Flower stops a run) into SystemExit, so ``finally`` restores the GPU clock."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def run_split_kd(grid: Grid, config: RunConfig) -> Path:

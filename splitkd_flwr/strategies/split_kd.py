@@ -284,6 +284,12 @@ class SplitKD(Strategy):
                 log(WARNING, "round %s failed and was rolled back: %s", server_round, err)
                 record.update({"status": "rolled-back", "error": str(err)})
             record["measured-round-s"] = time.monotonic() - started
+            if "measured-device-round-s" in record:
+                # What the round cost beyond the device's own handler: the Flower message
+                # both ways (and, in simulation, scheduling the ClientApp actor).
+                record["measured-control-plane-s"] = (
+                    record["measured-round-s"] - record["measured-device-round-s"]
+                )
             record.update(self.monitor.metrics())
             record.update({f"eval-{k}": v for k, v in self.evaluate_fn().items()})
             self.metrics_log.append(record)
