@@ -32,9 +32,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def flower_env(home: Path) -> dict[str, str]:
-    """Environment for Flower processes: a private FLWR_HOME, no runtime pip installs."""
+def flower_env(home: Path, threads: int | None = None) -> dict[str, str]:
+    """Environment for Flower processes: a private FLWR_HOME, no runtime pip installs.
+
+    ``threads`` caps each process's math threads (OMP_NUM_THREADS), for runs that put a
+    server and several clients on one machine.
+    """
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["FLWR_HOME"] = str(home)
     # Flower starts its helpers (flower-superexec, flwr-clientapp) by name from PATH.
     env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -64,6 +70,7 @@ class LocalFederation:
 
     home: Path
     simulation: bool
+    threads: int | None = None  # OMP_NUM_THREADS for every process started here
     http_port: int = field(default_factory=free_port)  # Fleet, Control and runtime APIs (HTTP)
     processes: list[subprocess.Popen] = field(default_factory=list)
 
@@ -127,7 +134,7 @@ class LocalFederation:
             command += ["--run-config", config_arg(run_config)]
         if federation_config:
             command += ["--federation-config", config_arg(federation_config)]
-        completed = subprocess.run(command, env=flower_env(self.home), timeout=timeout_s)
+        completed = subprocess.run(command, env=flower_env(self.home, self.threads), timeout=timeout_s)
         return completed.returncode
 
     def stop(self) -> None:
@@ -146,7 +153,7 @@ class LocalFederation:
     def _spawn(self, command: Sequence[str], log_path: Path) -> subprocess.Popen:
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                command, env=flower_env(self.home), stdout=log_file,
+                command, env=flower_env(self.home, self.threads), stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.processes.append(process)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import click
+import torch
 import typer
 
 from splitkd_flwr.data.prepare import prepare_default_models
@@ -47,6 +48,9 @@ def simulate(
 ) -> None:
     """Prepare the default models, then run split KD with N simulated vehicles and report."""
     started = time.monotonic()
+    # Server and vehicles share this machine's cores and mostly take turns (the split step is
+    # sequential); one thread each avoids the oversubscription that makes torch crawl.
+    torch.set_num_threads(1)
     models = prepare_default_models(progress=True)
     typer.echo(
         f"default models in {models.root} (teacher perplexity {models.teacher_perplexity:.2f}, "
@@ -56,7 +60,7 @@ def simulate(
     run_config = {"num-rounds": rounds, "output-dir": str(output_dir), **_pairs(set_ or [])}
     federation_config = {"num-supernodes": vehicles, "client-resources-num-cpus": 1}
     with tempfile.TemporaryDirectory(prefix="splitkd-flwr-home-") as home:
-        with LocalFederation(home=Path(home), simulation=True) as federation:
+        with LocalFederation(home=Path(home), simulation=True, threads=1) as federation:
             rc = federation.run(APP_DIR, run_config, federation_config)
     summary_path = output_dir / "summary.json"
     if rc != 0 or not summary_path.is_file():

@@ -28,7 +28,7 @@ def test_two_supernodes_two_rounds(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SPLITKD_CACHE", str(tmp_path / "cache"))
     teacher_dir, student_dir = save_tiny_pair(tmp_path / "models", student_layers=4)
     out = tmp_path / "out"
-    federation = LocalFederation(home=tmp_path / "flwr", simulation=False)
+    federation = LocalFederation(home=tmp_path / "flwr", simulation=False, threads=1)
     run_config = {
         "teacher": str(teacher_dir), "student": str(student_dir), "num-rounds": 2,
         "max-batches-per-epoch": 3, "output-dir": str(out), "eval-batches": 2,

@@ -31,7 +31,7 @@ def test_three_vehicles_three_rounds_energy_optimal(tmp_path: Path, monkeypatch)
     }
 
     # Execute
-    with LocalFederation(home=tmp_path / "flwr", simulation=True) as federation:
+    with LocalFederation(home=tmp_path / "flwr", simulation=True, threads=1) as federation:
         rc = federation.run(ROOT, run_config, {"num-supernodes": 3}, timeout_s=480)
 
     # Assert

@@ -51,7 +51,7 @@ def test_heterogeneous_koala_simulation_improves_and_saves_the_large_model(
         "device-lr": 0.01, "server-lr": 0.01, "eval-batches": 2, "output-dir": str(out),
     }
     # Execute
-    with LocalFederation(home=tmp_path / "flwr", simulation=True) as federation:
+    with LocalFederation(home=tmp_path / "flwr", simulation=True, threads=1) as federation:
         code = federation.run(REPO, run_config=run_config, federation_config={"num-supernodes": 3}, timeout_s=300)
     # Assert
     assert code == 0
