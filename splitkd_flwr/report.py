@@ -77,7 +77,8 @@ def print_report(
     console: Console | None = None,
 ) -> None:
     """Print the per-round table and the run's summary lines."""
-    console = console or Console()
+    # Streamed logs (`flwr run --stream`) are not a terminal; rich would squeeze them to 80.
+    console = console or Console(width=None if Console().is_terminal else 132)
     table = Table(title="splitkd-flwr rounds")
     present = [(title, key) for title, key in ROUND_COLUMNS if any(key in r for r in records)]
     for title, _ in present:
