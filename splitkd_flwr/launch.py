@@ -124,18 +124,21 @@ class LocalFederation:
         run_config: Mapping[str, Any] | None = None,
         federation_config: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
-        stream: bool = True,
+        log_path: Path | None = None,
     ) -> int:
-        """`flwr run APP splitkd --stream`; its output goes to this process's stdout."""
-        command = [str(_BIN / "flwr"), "run", str(app_dir), "splitkd"]
-        if stream:
-            command.append("--stream")
+        """`flwr run APP splitkd --stream` until the run ends; output to stdout or ``log_path``."""
+        command = [str(_BIN / "flwr"), "run", str(app_dir), "splitkd", "--stream"]
         if run_config:
             command += ["--run-config", config_arg(run_config)]
         if federation_config:
             command += ["--federation-config", config_arg(federation_config)]
-        completed = subprocess.run(command, env=flower_env(self.home, self.threads), timeout=timeout_s)
-        return completed.returncode
+        env = flower_env(self.home, self.threads)
+        if log_path is None:
+            return subprocess.run(command, env=env, timeout=timeout_s).returncode
+        with log_path.open("ab") as log_file:
+            return subprocess.run(
+                command, env=env, timeout=timeout_s, stdout=log_file, stderr=subprocess.STDOUT
+            ).returncode
 
     def stop(self) -> None:
         """Stop every process started here, and what each of them spawned."""
