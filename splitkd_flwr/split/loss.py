@@ -97,6 +97,9 @@ def _divergence(
     beta: float,
     temperature: float,
 ) -> Tensor:
+    _check_divergence(divergence)
+    _check_temperature(temperature)
+    _check_beta(beta)
     if isinstance(teacher, TopKTeacher):
         s_logp = collapse_to_topk(student_logits, teacher.ids, temperature)  # (B,T,k+1)
         t_logp = torch.cat([teacher.logprobs, teacher.tail_logprob], dim=-1).float()
@@ -159,7 +162,6 @@ def generalized_jsd(
     ``beta = 1`` the reverse KL (TRL's convention), ``beta = 0.5`` the symmetric JSD.
     Other arguments as `forward_kl`.
     """
-    _check_beta(beta)
     return _divergence(student_logits, teacher_logits, labels, "jsd", beta, temperature)
 
 
@@ -241,6 +243,14 @@ def _check_temperature(temperature: float) -> None:
         raise ConfigError(f"temperature must be > 0, got {temperature}.")
 
 
+def _check_divergence(divergence: str) -> None:
+    if divergence not in DIVERGENCES:
+        raise ConfigError(
+            f"Unknown divergence {divergence!r}; "
+            f"choose one of {', '.join(DIVERGENCES)}."
+        )
+
+
 class KDLoss(nn.Module):
     """Hinton-form distillation loss: ``alpha * CE + (1 - alpha) * T^2 * divergence``.
 
@@ -268,11 +278,7 @@ class KDLoss(nn.Module):
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0.0, 1.0], got {alpha}.")
         _check_temperature(temperature)
-        if divergence not in DIVERGENCES:
-            raise ConfigError(
-                f"Unknown divergence {divergence!r}; "
-                f"choose one of {', '.join(DIVERGENCES)}."
-            )
+        _check_divergence(divergence)
         _check_beta(beta)
         self.alpha = alpha
         self.temperature = temperature

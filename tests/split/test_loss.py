@@ -236,3 +236,14 @@ def test_topk_small_k_is_a_lower_bound_that_tightens() -> None:
 def test_topk_bad_k_raises() -> None:
     with pytest.raises(ConfigError, match=str(V + 1)):
         topk_teacher(_logits(), V + 1)
+
+
+def test_pure_functions_check_their_arguments() -> None:
+    s, t, labels = _logits(), _logits(), _labels()
+
+    with pytest.raises(ConfigError, match="0.0"):
+        forward_kl(s, t, labels, temperature=0.0)
+    with pytest.raises(ConfigError, match="-0.5"):
+        generalized_jsd(s, t, labels, beta=-0.5)
+    with pytest.raises(ConfigError, match="hellinger"):
+        topk_divergence(s, topk_teacher(t, 3), labels, divergence="hellinger")
