@@ -19,6 +19,7 @@ from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.report import MetricsLog, print_report
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.strategies.nodes import wait_for_nodes
 from splitkd_flwr.strategies.planning import load_planner
 from splitkd_flwr.strategies.selection import load_selector
 from splitkd_flwr.strategies.split_kd import SplitKD
@@ -97,7 +98,7 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
             link_fn=workspace.link_fn(),
             monitor=monitor,
         )
-        strategy.wait_for_nodes(grid, config)
+        wait_for_nodes(grid, config.min_nodes, config.round_timeout_s)
         result = strategy.start(grid, num_rounds=config.num_rounds, timeout=config.round_timeout_s)
     finally:
         stream_server.stop()

@@ -33,6 +33,7 @@ from splitkd_flwr.knowledge_transfer import (
 from splitkd_flwr.report import MetricsLog, print_report
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.models import check_pair, load_causal_lm
+from splitkd_flwr.strategies.nodes import wait_for_nodes
 from splitkd_flwr.workspace import Workspace, resolve_models
 
 FRACTION_TRAIN = 1.0  # share of connected nodes sampled per round (wanted: a run-config key)
@@ -216,7 +217,7 @@ def run_koala(grid: Grid, config: RunConfig) -> Path:
     initial = evaluate()
     metrics_log.append({"round": 0, "status": "initial", **initial})
     strategy = Koala(config, large, smalls, tokenizer, proxy, metrics_log, evaluate)
-    _wait_for_nodes(grid, config.min_nodes, config.round_timeout_s)
+    wait_for_nodes(grid, config.min_nodes, config.round_timeout_s)
     strategy.start(grid, num_rounds=config.num_rounds, timeout=config.round_timeout_s)
     large_out = workspace.output_dir / LARGE_DIR
     large.save_pretrained(large_out)
@@ -236,10 +237,3 @@ def run_koala(grid: Grid, config: RunConfig) -> Path:
     print_report(metrics_log.records, summary)
     return workspace.output_dir
 
-
-def _wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(list(grid.get_node_ids())) < min_nodes:
-        if time.monotonic() > deadline:
-            raise RoundFailedError(f"fewer than min-nodes={min_nodes} nodes connected within {timeout_s:.0f} s")
-        time.sleep(1.0)

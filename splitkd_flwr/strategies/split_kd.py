@@ -94,17 +94,6 @@ class SplitKD(Strategy):
 
     # --- devices ------------------------------------------------------------------
 
-    def wait_for_nodes(self, grid: Grid, config: RunConfig) -> None:
-        """Block until ``min-nodes`` devices are connected (the Grid can be empty at start)."""
-        deadline = time.monotonic() + config.round_timeout_s
-        while len(list(grid.get_node_ids())) < config.min_nodes:
-            if time.monotonic() > deadline:
-                raise RoundFailedError(
-                    f"fewer than min-nodes={config.min_nodes} devices connected "
-                    f"within {config.round_timeout_s:.0f} s"
-                )
-            time.sleep(1.0)
-
     def refresh_nodes(self, grid: Grid, timeout_s: float) -> list[DeviceState]:
         """Profile nodes not seen before, provision those lacking the assets; drop gone ones."""
         node_ids = set(grid.get_node_ids())
