@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -12,10 +13,19 @@ from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.errors import ConfigError
 from splitkd_flwr.node_config import NodeConfig
-from splitkd_flwr.protocol import RoundPlan
 
 HOLDOUT_EVERY = 10  # every 10th local example is held out to evaluate the deployed student
 PARTITION_SEED = 0  # the built-in partition must be the same on every device and the server
+
+
+class BatchPlan(Protocol):
+    """What a round plan says about the local mini-batches (split-KD and KOALA plans both do)."""
+
+    seq_len: int
+    batch_size: int
+    local_epochs: int
+    max_batches_per_epoch: int
+    seed: int
 
 
 def load_device_tokenizer(node: NodeConfig) -> PreTrainedTokenizerBase:
@@ -44,7 +54,7 @@ def _part(examples: Examples, held_out: bool) -> Examples:
 
 
 def device_batches(
-    node: NodeConfig, tokenizer: PreTrainedTokenizerBase, plan: RoundPlan
+    node: NodeConfig, tokenizer: PreTrainedTokenizerBase, plan: BatchPlan
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The round's training mini-batches: ``local-epochs`` shuffled passes, each capped."""
     examples = _part(_local_examples(node, tokenizer, plan.seq_len), held_out=False)

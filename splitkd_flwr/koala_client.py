@@ -34,7 +34,7 @@ def koala_train(msg: Message, context: Context) -> Message:
         raise ModelError(f"koala weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     tokenizer = kp.unpack_tokenizer(model_record, node.cache_dir / "koala-tokenizer")
     # KoalaPlan carries every field device_batches reads (epochs, cap, batch, seq-len, seed).
-    figures = train_ce(model, device_batches(node, tokenizer, plan), plan.device_lr)  # type: ignore[arg-type]
+    figures = train_ce(model, device_batches(node, tokenizer, plan), plan.device_lr)
     metrics = MetricRecord(
         {
             **figures,
