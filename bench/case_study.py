@@ -18,7 +18,12 @@ from pathlib import Path
 
 from splitkd_flwr.commands.case_study import TRADEOFF_SLACKS
 from splitkd_flwr.simulation import report
-from splitkd_flwr.simulation.case_study import CaseStudyConfig, run_case_study, sensitivity, tradeoff
+from splitkd_flwr.simulation.case_study import (
+    CaseStudyConfig,
+    run_case_study,
+    sensitivity,
+    tradeoff,
+)
 from splitkd_flwr.simulation.scenario import Scenario
 
 
@@ -38,7 +43,9 @@ def main() -> None:
     timings[f"case study ({len(result.rows)} plans)"] = time.perf_counter() - start
     start = time.perf_counter()
     tradeoff(fast, TRADEOFF_SLACKS)
-    timings[f"trade-off sweep ({len(TRADEOFF_SLACKS)} bounds)"] = time.perf_counter() - start
+    timings[f"trade-off sweep ({len(TRADEOFF_SLACKS)} bounds)"] = (
+        time.perf_counter() - start
+    )
     start = time.perf_counter()
     rows = sensitivity(fast)
     timings[f"sensitivity sweep ({len(rows)} runs)"] = time.perf_counter() - start

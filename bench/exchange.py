@@ -29,7 +29,12 @@ import grpc
 import numpy as np
 import torch
 
-from splitkd_flwr.transport.stream import DataPlaneServer, DeviceSession, Frame, new_token
+from splitkd_flwr.transport.stream import (
+    DataPlaneServer,
+    DeviceSession,
+    Frame,
+    new_token,
+)
 
 RoundTrip = Callable[[], None]
 
@@ -134,15 +139,22 @@ def bench_zmq(payload: np.ndarray, repeats: int) -> float | None:
 
 
 def bench_grpc(payload: np.ndarray, repeats: int, chunk_bytes: int | None) -> float:
-    opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    opts = [
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+    ]
 
-    def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def echo(
+        requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         yield from requests
 
     pool = futures.ThreadPoolExecutor(2)
     server = grpc.server(pool, options=opts)
     handler = grpc.stream_stream_rpc_method_handler(echo)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("b.B", {"E": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("b.B", {"E": handler}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=opts)
@@ -204,9 +216,11 @@ def main() -> None:
         }
         for name, run in runs.items():
             rows.setdefault(name, {})[mib] = run()
-    header = "| transport | " + " | ".join(
-        f"{m} MiB ms | x raw" for m in args.sizes_mib
-    ) + " |"
+    header = (
+        "| transport | "
+        + " | ".join(f"{m} MiB ms | x raw" for m in args.sizes_mib)
+        + " |"
+    )
     print(header)
     print("|---" * (1 + 2 * len(args.sizes_mib)) + "|")
     for name, by_size in rows.items():

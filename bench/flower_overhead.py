@@ -34,29 +34,47 @@ def main() -> None:
         root = Path(tmp)
         teacher_dir, student_dir = save_tiny_pair(root / "models")
         run_config = {
-            "teacher": str(teacher_dir), "student": str(student_dir),
-            "num-rounds": args.rounds, "max-batches-per-epoch": args.batches,
-            "output-dir": str(root / "out"), "eval-batches": 1, "planner": "fixed",
+            "teacher": str(teacher_dir),
+            "student": str(student_dir),
+            "num-rounds": args.rounds,
+            "max-batches-per-epoch": args.batches,
+            "output-dir": str(root / "out"),
+            "eval-batches": 1,
+            "planner": "fixed",
             "cut-layer": 2,
         }
-        with LocalFederation(home=root / "flwr", simulation=True, threads=1) as federation:
+        with LocalFederation(
+            home=root / "flwr", simulation=True, threads=1
+        ) as federation:
             rc = federation.run(
-                ROOT, run_config, {"num-supernodes": args.vehicles}, log_path=root / "run.log"
+                ROOT,
+                run_config,
+                {"num-supernodes": args.vehicles},
+                log_path=root / "run.log",
             )
         if rc != 0:
             raise SystemExit(f"flwr run failed with exit code {rc}")
-        rows = [json.loads(line) for line in (root / "out" / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (root / "out" / "metrics.jsonl").read_text().splitlines()
+        ]
     rounds = [r for r in rows if r["round"] >= 1 and r.get("status") == "ok"]
     overhead = [r["measured-control-plane-s"] for r in rounds]
     per_batch = [r["measured-exchange-s"] / r["device-batches"] for r in rounds]
     server = [r["measured-server-compute-s"] / r["batches"] for r in rounds]
-    print(f"{len(rounds)} rounds, {args.vehicles} simulated vehicles, {args.batches} batches each")
-    print(f"Flower control plane per round: first {overhead[0] * 1e3:.0f} ms (actor start), "
-          f"then median {statistics.median(overhead[1:]) * 1e3:.0f} ms "
-          f"(min {min(overhead[1:]) * 1e3:.0f}, max {max(overhead[1:]) * 1e3:.0f})")
-    print(f"data plane per mini-batch (exchange incl. server step): median "
-          f"{statistics.median(per_batch) * 1e3:.1f} ms, of which server step "
-          f"{statistics.median(server) * 1e3:.1f} ms")
+    print(
+        f"{len(rounds)} rounds, {args.vehicles} simulated vehicles, {args.batches} batches each"
+    )
+    print(
+        f"Flower control plane per round: first {overhead[0] * 1e3:.0f} ms (actor start), "
+        f"then median {statistics.median(overhead[1:]) * 1e3:.0f} ms "
+        f"(min {min(overhead[1:]) * 1e3:.0f}, max {max(overhead[1:]) * 1e3:.0f})"
+    )
+    print(
+        f"data plane per mini-batch (exchange incl. server step): median "
+        f"{statistics.median(per_batch) * 1e3:.1f} ms, of which server step "
+        f"{statistics.median(server) * 1e3:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

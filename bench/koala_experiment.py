@@ -42,7 +42,12 @@ from splitkd_flwr.knowledge_transfer import (
     train_ce,
     unlabelled_kd_loss,
 )
-from splitkd_flwr.simulation.cost import LLAMA_3_1_8B, LLAMA_3_2_1B, TRAIN_FACTOR, ModelShape
+from splitkd_flwr.simulation.cost import (
+    LLAMA_3_1_8B,
+    LLAMA_3_2_1B,
+    TRAIN_FACTOR,
+    ModelShape,
+)
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.models import load_causal_lm
 
@@ -53,8 +58,17 @@ def small_configs(large: LlamaConfig) -> list[LlamaConfig]:
     """Two small architectures of the large one's family: narrow+deep and wider+shallow."""
     shapes = [(32, 2, 2), (48, 1, 4)]  # (hidden, layers, heads)
     return [
-        LlamaConfig(**{**large.to_dict(), "hidden_size": h, "num_hidden_layers": n, "num_attention_heads": a,
-                       "num_key_value_heads": a, "intermediate_size": 3 * h, "head_dim": h // a})
+        LlamaConfig(
+            **{
+                **large.to_dict(),
+                "hidden_size": h,
+                "num_hidden_layers": n,
+                "num_attention_heads": a,
+                "num_key_value_heads": a,
+                "intermediate_size": 3 * h,
+                "head_dim": h // a,
+            }
+        )
         for h, n, a in shapes
     ]
 
@@ -62,7 +76,9 @@ def small_configs(large: LlamaConfig) -> list[LlamaConfig]:
 def train_flops_per_token(config: dict, seq_len: int) -> float:
     """Training FLOPs per token of a Llama-style model (forward x 3, attention included)."""
     shape = ModelShape.from_config(config)
-    forward = shape.layers * shape.layer_forward_flops(seq_len) + shape.head_forward_flops(seq_len)
+    forward = shape.layers * shape.layer_forward_flops(
+        seq_len
+    ) + shape.head_forward_flops(seq_len)
     return TRAIN_FACTOR * forward / seq_len
 
 
@@ -81,13 +97,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=8, help="mini-batches per client (and proxy) per round")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=8,
+        help="mini-batches per client (and proxy) per round",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--small-lr", type=float, default=1e-2)
     parser.add_argument("--large-lr", type=float, default=3e-3)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--eval-batches", type=int, default=8, help="held-out mini-batches evaluated")
+    parser.add_argument(
+        "--eval-batches", type=int, default=8, help="held-out mini-batches evaluated"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -100,14 +123,18 @@ def main() -> None:
         return encode_documents([d.text for d in docs], tokenizer, args.seq_len)
 
     proxy, clients = encode(split.server), [encode(part) for part in split.devices]
-    eval_batches = list(iterate_batches(encode(split.eval), args.batch_size))[: args.eval_batches]
+    eval_batches = list(iterate_batches(encode(split.eval), args.batch_size))[
+        : args.eval_batches
+    ]
     large_config = default_teacher_config(len(tokenizer))
     large0 = load_causal_lm(large_config)
     smalls0 = [load_causal_lm(c) for c in small_configs(large_config)]
     initial_ppl = _ppl(large0, eval_batches)
 
     def client_batches(i: int, r: int) -> list:
-        return epoch_batches(clients[i], args.batch_size, 1, args.batches, args.seed + 100 * r + i)
+        return epoch_batches(
+            clients[i], args.batch_size, 1, args.batches, args.seed + 100 * r + i
+        )
 
     def proxy_batches(r: int) -> list:
         return epoch_batches(proxy, args.batch_size, 1, args.batches, args.seed + r)
@@ -124,13 +151,19 @@ def main() -> None:
         states, counts = [], []
         for i in range(args.clients):
             local = copy.deepcopy(upper)
-            counts.append(train_ce(local, client_batches(i, r), args.large_lr)["num-examples"])
+            counts.append(
+                train_ce(local, client_batches(i, r), args.large_lr)["num-examples"]
+            )
             states.append(state_of(local))
         upper.load_state_dict(fedavg(states, counts))
     upper_s = time.perf_counter() - started
 
     # (c) KOALA, heterogeneous: client i trains architecture i % 2
-    started, large, smalls = time.perf_counter(), copy.deepcopy(large0), copy.deepcopy(smalls0)
+    started, large, smalls = (
+        time.perf_counter(),
+        copy.deepcopy(large0),
+        copy.deepcopy(smalls0),
+    )
     loss, tokens_per_client = unlabelled_kd_loss(args.temperature), 0.0
     for r in range(args.rounds):
         updates: list[list] = [[] for _ in smalls]
@@ -139,14 +172,20 @@ def main() -> None:
             figures = train_ce(local, client_batches(i, r), args.small_lr)
             updates[i % len(smalls)].append((state_of(local), figures["num-examples"]))
             tokens_per_client += figures["tokens"] / args.clients
-        metrics = server_transfer(large, smalls, updates, proxy_batches(r), loss, args.large_lr, args.small_lr)
-        print(f"KOALA round {r + 1}: large ppl {_ppl(large, eval_batches):.2f}, "
-              f"reverse KD {metrics['reverse-kd-loss']:.4f}")
+        metrics = server_transfer(
+            large, smalls, updates, proxy_batches(r), loss, args.large_lr, args.small_lr
+        )
+        print(
+            f"KOALA round {r + 1}: large ppl {_ppl(large, eval_batches):.2f}, "
+            f"reverse KD {metrics['reverse-kd-loss']:.4f}"
+        )
     koala_s = time.perf_counter() - started
 
-    print(f"\nheld-out perplexity after {args.rounds} rounds ({args.clients} clients, "
-          f"{args.batches} batches x {args.batch_size} x {args.seq_len} tokens per client per round; "
-          f"initial {initial_ppl:.2f})")
+    print(
+        f"\nheld-out perplexity after {args.rounds} rounds ({args.clients} clients, "
+        f"{args.batches} batches x {args.batch_size} x {args.seq_len} tokens per client per round; "
+        f"initial {initial_ppl:.2f})"
+    )
     print(f"{'method':<34}{'large-model ppl':>16}{'wall s':>9}")
     for name, model, wall_s in (
         ("proxy data only (lower bound)", lower, lower_s),
@@ -157,22 +196,42 @@ def main() -> None:
     for k, small in enumerate(smalls):
         print(f"  KOALA small model {k} ppl: {_ppl(small, eval_batches):.2f}")
 
-    print(f"\nper-client cost of KOALA vs training the large model locally (paper: {PAPER})")
-    print(f"{'client model':<42}{'params':>11}{'MB fp32':>9}{'storage':>10}{'GFLOP/round':>13}{'FLOPs':>9}")
+    print(
+        f"\nper-client cost of KOALA vs training the large model locally (paper: {PAPER})"
+    )
+    print(
+        f"{'client model':<42}{'params':>11}{'MB fp32':>9}{'storage':>10}{'GFLOP/round':>13}{'FLOPs':>9}"
+    )
     large_bytes = 4 * count_parameters(large0)
-    large_flops = train_flops_per_token(large0.config.to_dict(), args.seq_len) * tokens_per_client / args.rounds
-    print(f"{'large model (trained locally)':<42}{count_parameters(large0):>11,}{large_bytes / 1e6:>9.2f}"
-          f"{'':>10}{large_flops / 1e9:>13.3f}")
+    large_flops = (
+        train_flops_per_token(large0.config.to_dict(), args.seq_len)
+        * tokens_per_client
+        / args.rounds
+    )
+    print(
+        f"{'large model (trained locally)':<42}{count_parameters(large0):>11,}{large_bytes / 1e6:>9.2f}"
+        f"{'':>10}{large_flops / 1e9:>13.3f}"
+    )
     for k, small in enumerate(smalls0):
         size = 4 * count_parameters(small)
-        flops = train_flops_per_token(small.config.to_dict(), args.seq_len) * tokens_per_client / args.rounds
-        print(f"{f'KOALA small {k} (hidden {small.config.hidden_size}, {small.config.num_hidden_layers} layers)':<42}"
-              f"{count_parameters(small):>11,}{size / 1e6:>9.2f}{1 - size / large_bytes:>10.1%}"
-              f"{flops / 1e9:>13.3f}{1 - flops / large_flops:>9.1%}")
+        flops = (
+            train_flops_per_token(small.config.to_dict(), args.seq_len)
+            * tokens_per_client
+            / args.rounds
+        )
+        print(
+            f"{f'KOALA small {k} (hidden {small.config.hidden_size}, {small.config.num_hidden_layers} layers)':<42}"
+            f"{count_parameters(small):>11,}{size / 1e6:>9.2f}{1 - size / large_bytes:>10.1%}"
+            f"{flops / 1e9:>13.3f}{1 - flops / large_flops:>9.1%}"
+        )
     params = [llama_params(LLAMA_3_2_1B), llama_params(LLAMA_3_1_8B)]
-    ratio_flops = train_flops_per_token(LLAMA_3_2_1B, 512) / train_flops_per_token(LLAMA_3_1_8B, 512)
-    print(f"{'modelled: Llama-3.2-1B client, 8B server':<42}{params[0]:>11,}{4 * params[0] / 1e6:>9.0f}"
-          f"{1 - params[0] / params[1]:>10.1%}{'':>13}{1 - ratio_flops:>9.1%}")
+    ratio_flops = train_flops_per_token(LLAMA_3_2_1B, 512) / train_flops_per_token(
+        LLAMA_3_1_8B, 512
+    )
+    print(
+        f"{'modelled: Llama-3.2-1B client, 8B server':<42}{params[0]:>11,}{4 * params[0] / 1e6:>9.0f}"
+        f"{1 - params[0] / params[1]:>10.1%}{'':>13}{1 - ratio_flops:>9.1%}"
+    )
 
 
 if __name__ == "__main__":

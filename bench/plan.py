@@ -40,14 +40,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--delay-bound-s", type=float, default=150.0)
     args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.ERROR)  # infeasible rounds would warn each call
+    logging.getLogger("flwr").setLevel(
+        logging.ERROR
+    )  # infeasible rounds would warn each call
 
     scenario = Scenario()
     workload = Workload(16, 8, 512, 10, 2, 2)
     states = [scenario.device_state(p, 1) for p in range(scenario.num_devices)]
-    planner = EnergyOptimal(workload, delay_bound_s=args.delay_bound_s, fleet=scenario.fleet)
+    planner = EnergyOptimal(
+        workload, delay_bound_s=args.delay_bound_s, fleet=scenario.fleet
+    )
     server_only = ServerOnly(workload, fleet=scenario.fleet)
-    arrays = DeviceArrays.of([scenario.profile_of(p) for p in range(scenario.num_devices)])
+    arrays = DeviceArrays.of(
+        [scenario.profile_of(p) for p in range(scenario.num_devices)]
+    )
     up = np.array([s.uplink_bps for s in states])
     down = np.array([s.downlink_bps for s in states])
 
@@ -57,7 +63,9 @@ def main() -> None:
         energy.reshape(len(states), -1).argmin(axis=1)
 
     shape = (len(states), planner.cost.num_cuts, len(planner.clock_steps_hz))
-    print(f"grid: {shape[0]} devices x {shape[1]} cuts x {shape[2]} clock steps = {np.prod(shape)} plans")
+    print(
+        f"grid: {shape[0]} devices x {shape[1]} cuts x {shape[2]} clock steps = {np.prod(shape)} plans"
+    )
     rows = {
         "energy-optimal, 1 device": lambda: planner.plan(states[0], 1),
         "energy-optimal, 10 devices": lambda: planner.plan_many(states, 1, warn=False),

@@ -8,7 +8,9 @@ from splitkd_flwr.launch import toml_value
 
 root = Path(__file__).resolve().parents[1]
 pyproject = root / "pyproject.toml"
-body = "\n".join(f"{k} = {toml_value(v)}" for k, v in RunConfig().to_run_config().items())
+body = "\n".join(
+    f"{k} = {toml_value(v)}" for k, v in RunConfig().to_run_config().items()
+)
 text = re.sub(
     r"(\[tool\.flwr\.app\.config\]\n(?:#[^\n]*\n)*).*?\n\n",
     lambda m: m.group(1) + body + "\n\n",

@@ -34,17 +34,26 @@ class DeviceAssets:
 
     @classmethod
     def pack(
-        cls, student_config_json: str, tokenizer: PreTrainedTokenizerBase, teacher_embedding: torch.Tensor
+        cls,
+        student_config_json: str,
+        tokenizer: PreTrainedTokenizerBase,
+        teacher_embedding: torch.Tensor,
     ) -> DeviceAssets:
         """Pack the assets; ``teacher_embedding`` is the (V, d_teacher) input-embedding table."""
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.save_pretrained(tmp)
-            files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+            files = {
+                p.name: p.read_bytes()
+                for p in sorted(Path(tmp).iterdir())
+                if p.is_file()
+            }
         digest = hashlib.sha256(student_config_json.encode())
         for name, data in files.items():
             digest.update(name.encode() + data)
         embedding = teacher_embedding.detach().to(torch.float32).cpu().contiguous()
-        digest.update(str(tuple(embedding.shape)).encode() + embedding.numpy().tobytes())
+        digest.update(
+            str(tuple(embedding.shape)).encode() + embedding.numpy().tobytes()
+        )
         key = digest.hexdigest()[:16]
         config = ConfigRecord(
             {
@@ -74,7 +83,9 @@ def store(directory: Path, config: ConfigRecord, teacher_embedding: ArrayRecord)
     if set(state) != {_EMBEDDING_KEY} or state[_EMBEDDING_KEY].ndim != 2:
         raise ModelError("provisioned teacher embedding must be one 2-D table")
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / _KEY_FILE).unlink(missing_ok=True)  # a half-written cache is never "current"
+    (directory / _KEY_FILE).unlink(
+        missing_ok=True
+    )  # a half-written cache is never "current"
     tok_dir = directory / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
     for name, blob in zip(names, blobs):

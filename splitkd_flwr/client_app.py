@@ -5,13 +5,24 @@ from __future__ import annotations
 import time
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from transformers import AutoModelForCausalLM
 
 from splitkd_flwr import assets, protocol
 from splitkd_flwr.dataplane import run_device_round
-from splitkd_flwr.device_data import device_batches, device_eval_batches, load_device_tokenizer
+from splitkd_flwr.device_data import (
+    device_batches,
+    device_eval_batches,
+    load_device_tokenizer,
+)
 from splitkd_flwr.errors import ModelError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.koala_client import koala_train
@@ -43,9 +54,13 @@ def provision(msg: Message, context: Context) -> Message:
     """Store the student config, tokenizer and teacher embedding the server sent."""
     node = NodeConfig.from_node_config(context.node_config)
     key = assets.store(
-        node.cache_dir, msg.content[protocol.ASSETS], msg.content[protocol.TEACHER_EMBEDDING]
+        node.cache_dir,
+        msg.content[protocol.ASSETS],
+        msg.content[protocol.TEACHER_EMBEDDING],
     )
-    return Message(RecordDict({protocol.PROFILE: ConfigRecord({"assets-key": key})}), reply_to=msg)
+    return Message(
+        RecordDict({protocol.PROFILE: ConfigRecord({"assets-key": key})}), reply_to=msg
+    )
 
 
 @app.train()
@@ -59,9 +74,13 @@ def train(msg: Message, context: Context) -> Message:
     weights = msg.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
     expected = device_param_names(student, plan.cut_layer)
     if sorted(weights) != sorted(expected):
-        raise ModelError(f"train message carries {len(weights)} tensors, cut {plan.cut_layer} needs {len(expected)}")
+        raise ModelError(
+            f"train message carries {len(weights)} tensors, cut {plan.cut_layer} needs {len(expected)}"
+        )
     student.load_state_dict(weights, strict=False)
-    device_part = DevicePart.from_parts(assets.load_teacher_embedding(node.cache_dir), student, plan.cut_layer)
+    device_part = DevicePart.from_parts(
+        assets.load_teacher_embedding(node.cache_dir), student, plan.cut_layer
+    )
     optimizer = torch.optim.AdamW(device_part.student_parameters(), lr=plan.device_lr)
     batches = device_batches(node, load_device_tokenizer(node), plan)
     # Devices never change their clock here; the planner decides only the server's.
@@ -84,7 +103,9 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {**figures, **energy, "measured-device-round-s": time.perf_counter() - started}
     )
-    content = RecordDict({protocol.DEVICE_WEIGHTS: ArrayRecord(updated), protocol.METRICS: metrics})
+    content = RecordDict(
+        {protocol.DEVICE_WEIGHTS: ArrayRecord(updated), protocol.METRICS: metrics}
+    )
     return Message(content, reply_to=msg)
 
 
@@ -106,7 +127,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _load_student(node: NodeConfig) -> torch.nn.Module:
     if not assets.stored_key(node.cache_dir):
-        raise ModelError(f"device {node.partition_id} has no provisioned assets in {node.cache_dir}")
+        raise ModelError(
+            f"device {node.partition_id} has no provisioned assets in {node.cache_dir}"
+        )
     config = assets.load_student_config(node.cache_dir)
-    config.tie_word_embeddings = False  # split training keeps input embedding and head apart
+    config.tie_word_embeddings = (
+        False  # split training keeps input embedding and head apart
+    )
     return AutoModelForCausalLM.from_config(config)

@@ -26,41 +26,110 @@ class RunConfig:
     the README's configuration table is this class's help texts.
     """
 
-    mode: str = _help("`split-kd` (the paper's split KD) or `koala` (federated knowledge transfer)", "split-kd")
-    num_rounds: int = _help("training rounds; one device trains with the server per round", 10)
-    local_epochs: int = _help("passes of the selected device over its local data per round", 1)
-    max_batches_per_epoch: int = _help("cap on mini-batches per local epoch (0: the whole partition; the modelled cost then assumes 1)", 16)
+    mode: str = _help(
+        "`split-kd` (the paper's split KD) or `koala` (federated knowledge transfer)",
+        "split-kd",
+    )
+    num_rounds: int = _help(
+        "training rounds; one device trains with the server per round", 10
+    )
+    local_epochs: int = _help(
+        "passes of the selected device over its local data per round", 1
+    )
+    max_batches_per_epoch: int = _help(
+        "cap on mini-batches per local epoch (0: the whole partition; the modelled cost then assumes 1)",
+        16,
+    )
     batch_size: int = _help("sequences per mini-batch", 8)
-    seq_len: int = _help("tokens per sequence (longer texts are chunked, shorter padded)", 64)
-    device_lr: float = _help("AdamW learning rate of the device-side student layers", 3e-3)
-    server_lr: float = _help("AdamW learning rate of the server-side student layers", 3e-3)
-    kd_alpha: float = _help("weight of cross-entropy; `1 - kd-alpha` weighs T^2 * divergence", 0.5)
-    kd_temperature: float = _help("softmax temperature T of the distillation term", 2.0)
-    kd_divergence: str = _help("`forward-kl` (KL(teacher||student)), `reverse-kl` or `jsd`", "forward-kl")
-    kd_beta: float = _help("JSD mixture weight (only for `jsd`; 0 = forward KL, 1 = reverse KL)", 0.5)
-    cut_layer: int = _help("cut for the `fixed` planner: device runs student blocks [0, cut)", 4)
-    selector: str = _help("device selector: a registered name or `package.module:Class`", "round-robin")
-    planner: str = _help("`energy-optimal`, `server-only`, `device-only`, `fixed` or `package.module:Class`", "energy-optimal")
-    delay_bound_s: float = _help("round delay bound of the modelled round for `energy-optimal` (0: none)", 0.0)
-    scenario: str = _help("`paper`: modelled 5G NR links and Table II hardware per vehicle; `none`: no model", "paper")
-    scenario_noise: str = _help("noise PSD: `good` / `normal` / `poor` (-166 / -163 / -160 dBm/Hz) or a number", "normal")
-    scenario_fleet: str = _help("TOML of device profiles (see docs/case-study.md); empty: paper Table II", "")
-    scenario_round_interval_s: float = _help("mobility time between round starts in the modelled world", 10.0)
-    server_clock: str = _help("apply the planned server GPU clock: `auto`, `nvml` or `none`", "auto")
-    server_energy_meter: str = _help("server energy meter: `auto`, `nvml` or `none`", "auto")
+    seq_len: int = _help(
+        "tokens per sequence (longer texts are chunked, shorter padded)", 64
+    )
+    device_lr: float = _help(
+        "AdamW learning rate of the device-side student layers", 3e-3
+    )
+    server_lr: float = _help(
+        "AdamW learning rate of the server-side student layers", 3e-3
+    )
+    kd_alpha: float = _help(
+        "weight of cross-entropy; `1 - kd-alpha` weighs T^2 * divergence", 0.5
+    )
+    kd_temperature: float = _help(
+        "softmax temperature T of the distillation term (T = 1 taught best: docs/data.md)",
+        1.0,
+    )
+    kd_divergence: str = _help(
+        "`forward-kl` (KL(teacher||student)), `reverse-kl` or `jsd`", "forward-kl"
+    )
+    kd_beta: float = _help(
+        "JSD mixture weight (only for `jsd`; 0 = forward KL, 1 = reverse KL)", 0.5
+    )
+    cut_layer: int = _help(
+        "cut for the `fixed` planner: device runs student blocks [0, cut)", 4
+    )
+    selector: str = _help(
+        "device selector: a registered name or `package.module:Class`", "round-robin"
+    )
+    planner: str = _help(
+        "`energy-optimal`, `server-only`, `device-only`, `fixed` or `package.module:Class`",
+        "energy-optimal",
+    )
+    delay_bound_s: float = _help(
+        "round delay bound of the modelled round for `energy-optimal` (0: none)", 0.0
+    )
+    scenario: str = _help(
+        "`paper`: modelled 5G NR links and Table II hardware per vehicle; `none`: no model",
+        "paper",
+    )
+    scenario_noise: str = _help(
+        "noise PSD: `good` / `normal` / `poor` (-166 / -163 / -160 dBm/Hz) or a number",
+        "normal",
+    )
+    scenario_fleet: str = _help(
+        "TOML of device profiles (see docs/case-study.md); empty: paper Table II", ""
+    )
+    scenario_round_interval_s: float = _help(
+        "mobility time between round starts in the modelled world", 10.0
+    )
+    server_clock: str = _help(
+        "apply the planned server GPU clock: `auto`, `nvml` or `none`", "auto"
+    )
+    server_energy_meter: str = _help(
+        "server energy meter: `auto`, `nvml` or `none`", "auto"
+    )
     min_nodes: int = _help("devices that must be connected before round 1 starts", 1)
-    eval_data: str = _help("server's held-out text (.txt/.jsonl/dir) or `builtin`", "builtin")
-    teacher: str = _help("teacher directory (`save_pretrained` layout) or `default`", "default")
+    eval_data: str = _help(
+        "server's held-out text (.txt/.jsonl/dir) or `builtin`", "builtin"
+    )
+    teacher: str = _help(
+        "teacher directory (`save_pretrained` layout) or `default`", "default"
+    )
     student: str = _help("initial student directory or `default`", "default")
-    wire_dtype: str = _help("dtype of float tensors on the data plane: `fp32`, `fp16`, `bf16`", "fp32")
-    data_plane_bind: str = _help("host:port the server's data plane listens on (port 0: any free port)", "127.0.0.1:0")
-    data_plane_address: str = _help("host:port devices dial (empty: the bound address)", "")
-    data_plane_certfile: str = _help("PEM certificate of the data plane (empty: no TLS; loopback only)", "")
+    wire_dtype: str = _help(
+        "dtype of float tensors on the data plane: `fp32`, `fp16`, `bf16`", "fp32"
+    )
+    data_plane_bind: str = _help(
+        "host:port the server's data plane listens on (port 0: any free port)",
+        "127.0.0.1:0",
+    )
+    data_plane_address: str = _help(
+        "host:port devices dial (empty: the bound address)", ""
+    )
+    data_plane_certfile: str = _help(
+        "PEM certificate of the data plane (empty: no TLS; loopback only)", ""
+    )
     data_plane_keyfile: str = _help("PEM private key of that certificate", "")
-    frame_timeout_s: float = _help("a device or server silent this long ends the round", 60.0)
-    round_timeout_s: float = _help("upper bound on one round's Flower message round trip", 1800.0)
-    eval_batches: int = _help("held-out mini-batches the server evaluates per round (0: all)", 8)
-    output_dir: str = _help("where metrics, the config and the final student are written", "outputs")
+    frame_timeout_s: float = _help(
+        "a device or server silent this long ends the round", 60.0
+    )
+    round_timeout_s: float = _help(
+        "upper bound on one round's Flower message round trip", 1800.0
+    )
+    eval_batches: int = _help(
+        "held-out mini-batches the server evaluates per round (0: all)", 8
+    )
+    output_dir: str = _help(
+        "where metrics, the config and the final student are written", "outputs"
+    )
     seed: int = _help("seed for data partitioning, selection and initialisation", 0)
 
     def __post_init__(self) -> None:
@@ -79,12 +148,18 @@ class RunConfig:
         need(self.server_lr > 0, "server-lr", "> 0")
         need(0.0 <= self.kd_alpha <= 1.0, "kd-alpha", "in [0, 1]")
         need(self.kd_temperature > 0, "kd-temperature", "> 0")
-        need(self.kd_divergence in DIVERGENCES, "kd-divergence", f"one of {DIVERGENCES}")
+        need(
+            self.kd_divergence in DIVERGENCES, "kd-divergence", f"one of {DIVERGENCES}"
+        )
         need(0.0 <= self.kd_beta <= 1.0, "kd-beta", "in [0, 1]")
         need(self.delay_bound_s >= 0, "delay-bound-s", ">= 0")
         need(self.scenario in ("paper", "none"), "scenario", "`paper` or `none`")
         need(self.scenario_round_interval_s >= 0, "scenario-round-interval-s", ">= 0")
-        need(self.server_clock in ("auto", "nvml", "none"), "server-clock", "`auto`, `nvml` or `none`")
+        need(
+            self.server_clock in ("auto", "nvml", "none"),
+            "server-clock",
+            "`auto`, `nvml` or `none`",
+        )
         need(
             self.server_energy_meter in ("auto", "nvml", "none"),
             "server-energy-meter",
@@ -117,13 +192,18 @@ class RunConfig:
             name = key.replace("-", "_")
             if name not in fields:
                 known = ", ".join(sorted(config_keys()))
-                raise ConfigError(f"unknown run-config key {key!r}; known keys: {known}")
+                raise ConfigError(
+                    f"unknown run-config key {key!r}; known keys: {known}"
+                )
             kwargs[name] = _coerce(key, value, type(fields[name].default))
         return cls(**kwargs)
 
     def to_run_config(self) -> dict[str, Any]:
         """The hyphenated-key mapping (saved beside the student, sent to clients)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            f.name.replace("_", "-"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
 
 
 def config_keys() -> list[str]:
@@ -136,7 +216,9 @@ def config_table() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(RunConfig):
         default = f'`"{f.default}"`' if isinstance(f.default, str) else f"`{f.default}`"
-        rows.append(f"| `{f.name.replace('_', '-')}` | {default} | {f.metadata['help']} |")
+        rows.append(
+            f"| `{f.name.replace('_', '-')}` | {default} | {f.metadata['help']} |"
+        )
     return "\n".join(rows)
 
 
@@ -147,7 +229,9 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(
+        f"{key} must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
+    )
 
 
 def _is_host_port(text: str) -> bool:

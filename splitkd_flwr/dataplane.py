@@ -18,7 +18,13 @@ from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.partition import DevicePart
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import Smashed, device_backward, device_forward
-from splitkd_flwr.transport.stream import DataPlaneServer, DeviceSession, Frame, RoundHandle, TensorSpec
+from splitkd_flwr.transport.stream import (
+    DataPlaneServer,
+    DeviceSession,
+    Frame,
+    RoundHandle,
+    TensorSpec,
+)
 
 GRAD = "grad"
 
@@ -46,7 +52,9 @@ class _Tally:
     terms_sum: dict[str, float] = field(default_factory=dict)
     server_compute_s: float = 0.0
 
-    def add(self, loss: float, terms: Mapping[str, float], tokens: int, seconds: float) -> None:
+    def add(
+        self, loss: float, terms: Mapping[str, float], tokens: int, seconds: float
+    ) -> None:
         self.frames += 1
         self.tokens += tokens
         self.loss_sum += loss
@@ -134,7 +142,9 @@ class DataPlane:
             tally.add(result.loss, result.terms, tokens, time.perf_counter() - started)
             return Frame({GRAD: result.grad_at_cut}, {"loss": result.loss})
 
-        handle = self.server.open_round(token, on_frame, spec=spec, wire_dtype=self.wire_dtype)
+        handle = self.server.open_round(
+            token, on_frame, spec=spec, wire_dtype=self.wire_dtype
+        )
         return RoundInProgress(handle, tally)
 
 
@@ -152,7 +162,9 @@ def run_device_round(
     batches_done = 0
     for batch in batches:
         started = time.perf_counter()
-        smashed, hidden = device_forward(device_part, batch["input_ids"], batch["attention_mask"])
+        smashed, hidden = device_forward(
+            device_part, batch["input_ids"], batch["attention_mask"]
+        )
         sent = time.perf_counter()
         reply = session.exchange(Frame(smashed.tensors()))
         received = time.perf_counter()

@@ -8,14 +8,23 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches, read_documents
+from splitkd_flwr.data.loading import (
+    Examples,
+    encode_documents,
+    iterate_batches,
+    read_documents,
+)
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.errors import ConfigError
 from splitkd_flwr.node_config import NodeConfig
 
-HOLDOUT_EVERY = 10  # every 10th local example is held out to evaluate the deployed student
-PARTITION_SEED = 0  # the built-in partition must be the same on every device and the server
+HOLDOUT_EVERY = (
+    10  # every 10th local example is held out to evaluate the deployed student
+)
+PARTITION_SEED = (
+    0  # the built-in partition must be the same on every device and the server
+)
 
 
 class BatchPlan(Protocol):
@@ -33,7 +42,9 @@ def load_device_tokenizer(node: NodeConfig) -> PreTrainedTokenizerBase:
     return load_tokenizer(node.cache_dir / "tokenizer")
 
 
-def _local_examples(node: NodeConfig, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> Examples:
+def _local_examples(
+    node: NodeConfig, tokenizer: PreTrainedTokenizerBase, seq_len: int
+) -> Examples:
     if node.data_path:
         texts = read_documents(node.data_path)
     else:
@@ -41,7 +52,9 @@ def _local_examples(node: NodeConfig, tokenizer: PreTrainedTokenizerBase, seq_le
         texts = [doc.text for doc in split.devices[node.partition_id]]
     examples = encode_documents(texts, tokenizer, seq_len)
     if len(examples) == 0:
-        raise ConfigError(f"device {node.partition_id} has no usable text ({node.data_path or 'built-in'})")
+        raise ConfigError(
+            f"device {node.partition_id} has no usable text ({node.data_path or 'built-in'})"
+        )
     return examples
 
 
@@ -59,7 +72,9 @@ def device_batches(
     """The round's training mini-batches: ``local-epochs`` shuffled passes, each capped."""
     examples = _part(_local_examples(node, tokenizer, plan.seq_len), held_out=False)
     for epoch in range(plan.local_epochs):
-        batches = iterate_batches(examples, plan.batch_size, shuffle=True, seed=plan.seed * 1000 + epoch)
+        batches = iterate_batches(
+            examples, plan.batch_size, shuffle=True, seed=plan.seed * 1000 + epoch
+        )
         for index, batch in enumerate(batches):
             if plan.max_batches_per_epoch and index >= plan.max_batches_per_epoch:
                 break
@@ -67,7 +82,10 @@ def device_batches(
 
 
 def device_eval_batches(
-    node: NodeConfig, tokenizer: PreTrainedTokenizerBase, seq_len: int = 64, batch_size: int = 16
+    node: NodeConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int = 64,
+    batch_size: int = 16,
 ) -> list[dict[str, torch.Tensor]]:
     """The device's held-out mini-batches (never trained on)."""
     examples = _part(_local_examples(node, tokenizer, seq_len), held_out=True)

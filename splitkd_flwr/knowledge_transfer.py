@@ -30,12 +30,16 @@ from splitkd_flwr.split.loss import IGNORE_INDEX, KDLoss, cross_entropy
 from splitkd_flwr.split.step import make_labels
 
 Batch = Mapping[str, Tensor]
-TeacherFn = Callable[[Batch], Tensor]  # batch -> (B, T, V) logits at the loss's temperature
+TeacherFn = Callable[
+    [Batch], Tensor
+]  # batch -> (B, T, V) logits at the loss's temperature
 CLIP_NORM = 1.0  # gradient clipping of every step: tiny models on tiny data spike early
 
 
 def _logits(model: nn.Module, batch: Batch) -> Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -51,7 +55,9 @@ def epoch_batches(
     """``epochs`` shuffled passes over ``examples``, each capped at ``max_batches`` (0: none)."""
     batches: list[dict[str, Tensor]] = []
     for epoch in range(epochs):
-        shuffled = iterate_batches(examples, batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        shuffled = iterate_batches(
+            examples, batch_size, shuffle=True, seed=seed * 1000 + epoch
+        )
         for index, batch in enumerate(shuffled):
             if max_batches and index >= max_batches:
                 break
@@ -87,7 +93,9 @@ def train_ce(model: nn.Module, batches: Iterable[Batch], lr: float) -> dict[str,
     }
 
 
-def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
+def fedavg(
+    states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]
+) -> dict[str, Tensor]:
     """Weighted mean of same-architecture state dicts (non-float buffers: the first's).
 
     Raises
@@ -96,11 +104,15 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
         No states, weights that do not sum to > 0, or states with different keys/shapes.
     """
     if not states or len(states) != len(weights) or sum(weights) <= 0:
-        raise ModelError(f"fedavg needs states and positive weights, got {len(states)} and {list(weights)}")
+        raise ModelError(
+            f"fedavg needs states and positive weights, got {len(states)} and {list(weights)}"
+        )
     keys = set(states[0])
     for state in states[1:]:
         if set(state) != keys:
-            raise ModelError(f"fedavg of different architectures: keys {sorted(keys ^ set(state))[:3]} differ")
+            raise ModelError(
+                f"fedavg of different architectures: keys {sorted(keys ^ set(state))[:3]} differ"
+            )
     total = float(sum(weights))
     averaged = {}
     for name, first in states[0].items():
@@ -108,12 +120,18 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
             averaged[name] = first.clone()
             continue
         if any(s[name].shape != first.shape for s in states):
-            raise ModelError(f"fedavg: tensor {name!r} has different shapes across clients")
-        averaged[name] = sum(s[name].float() * (w / total) for s, w in zip(states, weights)).to(first.dtype)
+            raise ModelError(
+                f"fedavg: tensor {name!r} has different shapes across clients"
+            )
+        averaged[name] = sum(
+            s[name].float() * (w / total) for s, w in zip(states, weights)
+        ).to(first.dtype)
     return averaged
 
 
-def consensus_log_probs(logits: Sequence[Tensor], num_examples: Sequence[float], temperature: float) -> Tensor:
+def consensus_log_probs(
+    logits: Sequence[Tensor], num_examples: Sequence[float], temperature: float
+) -> Tensor:
     """Log of the consensus soft labels ``sum_k w_k p_k`` (module docstring: the rule).
 
     Parameters
@@ -131,19 +149,31 @@ def consensus_log_probs(logits: Sequence[Tensor], num_examples: Sequence[float],
         (B, T, V) fp32 log-probabilities (each row sums to 1 in probability).
     """
     if not logits or len(logits) != len(num_examples) or min(num_examples) <= 0:
-        raise ConfigError(f"consensus needs >= 1 model and positive example counts, got {list(num_examples)}")
-    logp = torch.stack([F.log_softmax(x.float() / temperature, dim=-1) for x in logits])  # (K, B, T, V)
-    prior = torch.tensor([float(n) for n in num_examples]).log().view(-1, 1, 1, 1)  # (K, 1, 1, 1)
+        raise ConfigError(
+            f"consensus needs >= 1 model and positive example counts, got {list(num_examples)}"
+        )
+    logp = torch.stack(
+        [F.log_softmax(x.float() / temperature, dim=-1) for x in logits]
+    )  # (K, B, T, V)
+    prior = (
+        torch.tensor([float(n) for n in num_examples]).log().view(-1, 1, 1, 1)
+    )  # (K, 1, 1, 1)
     log_w = prior + logp.max(dim=-1, keepdim=True).values  # (K, B, T, 1)
-    log_w = log_w - torch.logsumexp(log_w, dim=0, keepdim=True)  # normalised over models
+    log_w = log_w - torch.logsumexp(
+        log_w, dim=0, keepdim=True
+    )  # normalised over models
     return torch.logsumexp(log_w + logp, dim=0)  # (B, T, V)
 
 
-def consensus_teacher(models: Sequence[nn.Module], num_examples: Sequence[float], temperature: float) -> TeacherFn:
+def consensus_teacher(
+    models: Sequence[nn.Module], num_examples: Sequence[float], temperature: float
+) -> TeacherFn:
     """A teacher whose logits, softened at ``temperature``, give the consensus exactly."""
 
     def teach(batch: Batch) -> Tensor:
-        log_q = consensus_log_probs([_logits(m.eval(), batch) for m in models], num_examples, temperature)
+        log_q = consensus_log_probs(
+            [_logits(m.eval(), batch) for m in models], num_examples, temperature
+        )
         # log_softmax(T * log q / T) = log q: the loss re-softens and gets q back.
         return temperature * log_q  # (B, T, V)
 
@@ -155,7 +185,13 @@ def model_teacher(model: nn.Module) -> TeacherFn:
     return lambda batch: _logits(model.eval(), batch)
 
 
-def distill(student: nn.Module, teacher: TeacherFn, batches: Iterable[Batch], lr: float, loss: KDLoss) -> dict[str, float]:
+def distill(
+    student: nn.Module,
+    teacher: TeacherFn,
+    batches: Iterable[Batch],
+    lr: float,
+    loss: KDLoss,
+) -> dict[str, float]:
     """Train ``student`` towards ``teacher`` on (unlabelled) ``batches``; return the mean KD term.
 
     The proxy data's tokens only mask padding: with ``loss.alpha == 0`` no label is used.
@@ -166,14 +202,18 @@ def distill(student: nn.Module, teacher: TeacherFn, batches: Iterable[Batch], lr
         with torch.no_grad():
             teacher_logits = teacher(batch)  # (B, T, V)
         student.train()
-        labels = make_labels(batch["input_ids"], batch["attention_mask"])  # (B, T) mask only
+        labels = make_labels(
+            batch["input_ids"], batch["attention_mask"]
+        )  # (B, T) mask only
         terms = loss(_logits(student, batch), teacher_logits, labels)
         _step(student, optimizer, terms.loss)
         kd_sum, steps = kd_sum + terms.kd.item(), steps + 1
     return {"kd-loss": kd_sum / max(steps, 1.0), "batches": steps}
 
 
-def unlabelled_kd_loss(temperature: float, divergence: str = "forward-kl", beta: float = 0.5) -> KDLoss:
+def unlabelled_kd_loss(
+    temperature: float, divergence: str = "forward-kl", beta: float = 0.5
+) -> KDLoss:
     """The KD loss of both transfer directions: no CE term (the proxy data has no labels)."""
     return KDLoss(alpha=0.0, temperature=temperature, divergence=divergence, beta=beta)
 
@@ -210,7 +250,9 @@ def server_transfer(
         ``reverse-kd-loss``, ``forward-kd-loss-<k>`` per architecture, ``architectures-heard``.
     """
     if len(updates) != len(smalls):
-        raise ConfigError(f"{len(updates)} update groups for {len(smalls)} architectures")
+        raise ConfigError(
+            f"{len(updates)} update groups for {len(smalls)} architectures"
+        )
     heard, counts = [], []
     for small, group in zip(smalls, updates):
         if group:  # same architecture: averaging weights is well defined (FedAvg)
@@ -221,7 +263,9 @@ def server_transfer(
     if not heard:
         return metrics
     teacher = consensus_teacher(heard, counts, loss.temperature)
-    metrics["reverse-kd-loss"] = distill(large, teacher, proxy_batches, large_lr, loss)["kd-loss"]
+    metrics["reverse-kd-loss"] = distill(large, teacher, proxy_batches, large_lr, loss)[
+        "kd-loss"
+    ]
     for index, small in enumerate(smalls):
         forward = distill(small, model_teacher(large), proxy_batches, small_lr, loss)
         metrics[f"forward-kd-loss-{index}"] = forward["kd-loss"]
@@ -236,4 +280,3 @@ def state_of(model: nn.Module) -> dict[str, Tensor]:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-

@@ -31,7 +31,9 @@ def koala_train(msg: Message, context: Context) -> Message:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # A tied head is one tensor under two names; anything else missing is a wrong message.
     if unexpected or [name for name in missing if name != "lm_head.weight"]:
-        raise ModelError(f"koala weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelError(
+            f"koala weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     tokenizer = kp.unpack_tokenizer(model_record, node.cache_dir / "koala-tokenizer")
     # KoalaPlan carries every field device_batches reads (epochs, cap, batch, seq-len, seed).
     figures = train_ce(model, device_batches(node, tokenizer, plan), plan.device_lr)
@@ -43,5 +45,7 @@ def koala_train(msg: Message, context: Context) -> Message:
             "measured-device-round-s": time.perf_counter() - started,
         }
     )
-    content = RecordDict({kp.WEIGHTS: ArrayRecord(state_of(model)), kp.METRICS: metrics})
+    content = RecordDict(
+        {kp.WEIGHTS: ArrayRecord(state_of(model)), kp.METRICS: metrics}
+    )
     return Message(content, reply_to=msg)

@@ -47,7 +47,12 @@ class KoalaPlan:
 
     def to_record(self) -> ConfigRecord:
         """Encode as a ConfigRecord with hyphenated keys."""
-        return ConfigRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)})
+        return ConfigRecord(
+            {
+                f.name.replace("_", "-"): getattr(self, f.name)
+                for f in dataclasses.fields(self)
+            }
+        )
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> KoalaPlan:
@@ -57,19 +62,27 @@ class KoalaPlan:
             key = f.name.replace("_", "-")
             value = record.get(key)
             kind = float if f.type == "float" else int
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                kind is int and not isinstance(value, int)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (kind is int and not isinstance(value, int))
             ):
-                raise ConfigError(f"koala plan {key!r} must be {kind.__name__}, got {value!r}")
+                raise ConfigError(
+                    f"koala plan {key!r} must be {kind.__name__}, got {value!r}"
+                )
             values[f.name] = kind(value)
         return cls(**values)  # type: ignore[arg-type]
 
 
-def pack_model(model_config_json: str, architecture: int, tokenizer: PreTrainedTokenizerBase) -> ConfigRecord:
+def pack_model(
+    model_config_json: str, architecture: int, tokenizer: PreTrainedTokenizerBase
+) -> ConfigRecord:
     """The ``koala-model`` record of one architecture (config JSON + tokenizer files)."""
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
-        files = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+        files = {
+            p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()
+        }
     return ConfigRecord(
         {
             "model-config": model_config_json,
@@ -84,7 +97,9 @@ def unpack_tokenizer(record: ConfigRecord, directory: Path) -> PreTrainedTokeniz
     """Write the record's tokenizer files into ``directory`` and load them."""
     names = [str(n) for n in record["tokenizer-files"]]  # type: ignore[union-attr]
     blobs = list(record["tokenizer-data"])  # type: ignore[arg-type]
-    if len(names) != len(blobs) or any("/" in n or "\\" in n or n.startswith(".") for n in names):
+    if len(names) != len(blobs) or any(
+        "/" in n or "\\" in n or n.startswith(".") for n in names
+    ):
         raise ModelError(f"malformed tokenizer files in {MODEL!r}: {names}")
     directory.mkdir(parents=True, exist_ok=True)
     for name, blob in zip(names, blobs):

@@ -71,7 +71,9 @@ class LocalFederation:
     home: Path
     simulation: bool
     threads: int | None = None  # OMP_NUM_THREADS for every process started here
-    http_port: int = field(default_factory=free_port)  # Fleet, Control and runtime APIs (HTTP)
+    http_port: int = field(
+        default_factory=free_port
+    )  # Fleet, Control and runtime APIs (HTTP)
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -83,22 +85,29 @@ class LocalFederation:
         """Start the SuperLink and wait until it answers its health check."""
         self.home.mkdir(parents=True, exist_ok=True)
         command = [
-            str(_BIN / "flower-superlink"), "--insecure",
-            "--host", "127.0.0.1", "--port", str(self.http_port),
-            "--database", str(self.home / "state.db"),
+            str(_BIN / "flower-superlink"),
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.http_port),
+            "--database",
+            str(self.home / "state.db"),
             "--disable-runtime-dependency-installation",
         ]
         if self.simulation:
             command += ["--simulation", "--isolation", "subprocess"]
         self._spawn(command, self.home / "superlink.log")
         (self.home / "config.toml").write_text(
-            "[superlink]\ndefault = \"splitkd\"\n\n"
-            f"[superlink.splitkd]\naddress = \"{self.address}\"\ninsecure = true\n"
+            '[superlink]\ndefault = "splitkd"\n\n'
+            f'[superlink.splitkd]\naddress = "{self.address}"\ninsecure = true\n'
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.processes[0].poll() is not None:
-                raise SplitKDError(f"flower-superlink exited; see {self.home / 'superlink.log'}")
+                raise SplitKDError(
+                    f"flower-superlink exited; see {self.home / 'superlink.log'}"
+                )
             try:
                 if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
                     return
@@ -111,10 +120,14 @@ class LocalFederation:
         """Start a SuperNode with ``node_config`` (deployment mode only)."""
         name = f"supernode-{len(self.processes)}"
         command = [
-            str(_BIN / "flower-supernode"), "--insecure",
-            "--superlink", self.address,
-            "--port", str(free_port()),
-            "--node-config", config_arg(node_config),
+            str(_BIN / "flower-supernode"),
+            "--insecure",
+            "--superlink",
+            self.address,
+            "--port",
+            str(free_port()),
+            "--node-config",
+            config_arg(node_config),
         ]
         return self._spawn(command, self.home / f"{name}.log")
 
@@ -137,7 +150,11 @@ class LocalFederation:
             return subprocess.run(command, env=env, timeout=timeout_s).returncode
         with log_path.open("ab") as log_file:
             return subprocess.run(
-                command, env=env, timeout=timeout_s, stdout=log_file, stderr=subprocess.STDOUT
+                command,
+                env=env,
+                timeout=timeout_s,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             ).returncode
 
     def stop(self) -> None:
@@ -156,8 +173,11 @@ class LocalFederation:
     def _spawn(self, command: Sequence[str], log_path: Path) -> subprocess.Popen:
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                command, env=flower_env(self.home, self.threads), stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                command,
+                env=flower_env(self.home, self.threads),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.processes.append(process)
         return process

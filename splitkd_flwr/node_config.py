@@ -34,18 +34,24 @@ class NodeConfig:
             partition_id = int(node_config.get("partition-id", 0))
             num_partitions = int(node_config.get("num-partitions", 1))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"partition-id / num-partitions must be integers: {err}") from err
+            raise ConfigError(
+                f"partition-id / num-partitions must be integers: {err}"
+            ) from err
         if not 0 <= partition_id < num_partitions:
             raise ConfigError(
                 f"partition-id must be in [0, num-partitions={num_partitions}), got {partition_id}"
             )
-        cache_dir = Path(str(node_config.get("cache-dir", ""))) if node_config.get("cache-dir") else (
-            default_cache_dir() / "nodes" / f"partition-{partition_id}"
+        cache_dir = (
+            Path(str(node_config.get("cache-dir", "")))
+            if node_config.get("cache-dir")
+            else (default_cache_dir() / "nodes" / f"partition-{partition_id}")
         )
         device = str(node_config.get("device", "")) or default_device(partition_id)
         meter = str(node_config.get("energy-meter", "auto"))
         if meter not in ("auto", "nvml", "jetson", "none"):
-            raise ConfigError(f"energy-meter must be auto, nvml, jetson or none, got {meter!r}")
+            raise ConfigError(
+                f"energy-meter must be auto, nvml, jetson or none, got {meter!r}"
+            )
         return cls(
             partition_id=partition_id,
             num_partitions=num_partitions,

@@ -59,7 +59,10 @@ class RoundPlan:
     def to_record(self) -> ConfigRecord:
         """Encode as a ConfigRecord with hyphenated keys."""
         return ConfigRecord(
-            {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+            {
+                f.name.replace("_", "-"): getattr(self, f.name)
+                for f in dataclasses.fields(self)
+            }
         )
 
     @classmethod
@@ -75,6 +78,8 @@ class RoundPlan:
             if kind is float and isinstance(value, int):
                 value = float(value)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise ConfigError(f"round plan {key!r} must be {kind.__name__}, got {value!r}")
+                raise ConfigError(
+                    f"round plan {key!r} must be {kind.__name__}, got {value!r}"
+                )
             values[f.name] = value
         return cls(**values)

@@ -80,7 +80,9 @@ def print_report(
     # Streamed logs (`flwr run --stream`) are not a terminal; rich would squeeze them to 80.
     console = console or Console(width=None if Console().is_terminal else 132)
     table = Table(title="splitkd-flwr rounds")
-    present = [(title, key) for title, key in ROUND_COLUMNS if any(key in r for r in records)]
+    present = [
+        (title, key) for title, key in ROUND_COLUMNS if any(key in r for r in records)
+    ]
     for title, _ in present:
         table.add_column(title, justify="right")
     for record in records:

@@ -53,8 +53,12 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
     """Build every part from ``config``, run the rounds, save the student; return the output dir."""
     workspace = Workspace.load(config)
     output_dir = workspace.output_dir
-    (output_dir / "run-config.json").write_text(json.dumps(config.to_run_config(), indent=2))
-    server = SplitServer(workspace.teacher, workspace.student, workspace.loss_fn(), config.server_lr)
+    (output_dir / "run-config.json").write_text(
+        json.dumps(config.to_run_config(), indent=2)
+    )
+    server = SplitServer(
+        workspace.teacher, workspace.student, workspace.loss_fn(), config.server_lr
+    )
     eval_batches = workspace.eval_batches()
 
     def evaluate() -> dict[str, float]:
@@ -62,17 +66,32 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
 
     initial = evaluate()
     teacher_eval = evaluate_lm(workspace.teacher, eval_batches)
-    log(INFO, "initial student: perplexity %.2f; teacher: %.2f", initial["perplexity"], teacher_eval["perplexity"])
+    log(
+        INFO,
+        "initial student: perplexity %.2f; teacher: %.2f",
+        initial["perplexity"],
+        teacher_eval["perplexity"],
+    )
     host, _, port = config.data_plane_bind.rpartition(":")
     tls = None
     if config.data_plane_certfile:
-        tls = ServerTLS.from_files(config.data_plane_certfile, config.data_plane_keyfile)
-    stream_server = DataPlaneServer(host, int(port), idle_timeout_s=config.frame_timeout_s, tls=tls)
+        tls = ServerTLS.from_files(
+            config.data_plane_certfile, config.data_plane_keyfile
+        )
+    stream_server = DataPlaneServer(
+        host, int(port), idle_timeout_s=config.frame_timeout_s, tls=tls
+    )
     bound_address = stream_server.start()
     metrics_log = MetricsLog(output_dir)
-    monitor = HardwareMonitor.from_config(config.server_energy_meter, config.server_clock)
+    monitor = HardwareMonitor.from_config(
+        config.server_energy_meter, config.server_clock
+    )
     metrics_log.append(
-        {"round": 0, "status": "initial", **{f"eval-{k}": v for k, v in initial.items()}}
+        {
+            "round": 0,
+            "status": "initial",
+            **{f"eval-{k}": v for k, v in initial.items()},
+        }
     )
     try:
         strategy = SplitKD(
@@ -99,7 +118,9 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
             monitor=monitor,
         )
         wait_for_nodes(grid, config.min_nodes, config.round_timeout_s)
-        result = strategy.start(grid, num_rounds=config.num_rounds, timeout=config.round_timeout_s)
+        result = strategy.start(
+            grid, num_rounds=config.num_rounds, timeout=config.round_timeout_s
+        )
     finally:
         stream_server.stop()
         monitor.close()  # restores the GPU clock it changed
@@ -111,7 +132,8 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
         "initial student perplexity": initial["perplexity"],
         "final student perplexity": final.get("eval-perplexity"),
         "teacher perplexity": teacher_eval["perplexity"],
-        "rounds ok / rolled back": "%d / %d" % (
+        "rounds ok / rolled back": "%d / %d"
+        % (
             sum(r.get("status") == "ok" for r in metrics_log.records),
             sum(r.get("status") == "rolled-back" for r in metrics_log.records),
         ),

@@ -11,7 +11,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from splitkd_flwr.assets import DeviceAssets
 from splitkd_flwr.config import RunConfig
-from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches, load_examples
+from splitkd_flwr.data.loading import (
+    Examples,
+    encode_documents,
+    iterate_batches,
+    load_examples,
+)
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.prepare import prepare_default_models
 from splitkd_flwr.data.tokenizer import load_tokenizer
@@ -30,8 +35,12 @@ def resolve_models(config: RunConfig) -> tuple[Path, Path, Path]:
     if "default" not in (config.teacher, config.student):
         return Path(config.teacher), Path(config.student), Path(config.teacher)
     defaults = prepare_default_models(progress=False)
-    teacher = defaults.teacher_dir if config.teacher == "default" else Path(config.teacher)
-    student = defaults.student_dir if config.student == "default" else Path(config.student)
+    teacher = (
+        defaults.teacher_dir if config.teacher == "default" else Path(config.teacher)
+    )
+    student = (
+        defaults.student_dir if config.student == "default" else Path(config.student)
+    )
     tokenizer = defaults.tokenizer_dir if config.teacher == "default" else teacher
     return teacher, student, tokenizer
 
@@ -62,7 +71,10 @@ class Workspace:
         """The KD loss the run config describes."""
         c = self.config
         return KDLoss(
-            alpha=c.kd_alpha, temperature=c.kd_temperature, divergence=c.kd_divergence, beta=c.kd_beta
+            alpha=c.kd_alpha,
+            temperature=c.kd_temperature,
+            divergence=c.kd_divergence,
+            beta=c.kd_beta,
         )
 
     def eval_examples(self) -> Examples:
@@ -92,8 +104,12 @@ class Workspace:
             # The paper's world prices the Llama-3.2-1B / Llama-3.1-8B pair (cost.py's defaults)
             # at the trained student's depth, so a cut index means the same block in both;
             # without it the trained models themselves are priced.
-            student_config={} if c.scenario == "paper" else self.student.config.to_dict(),
-            teacher_config={} if c.scenario == "paper" else self.teacher.config.to_dict(),
+            student_config={}
+            if c.scenario == "paper"
+            else self.student.config.to_dict(),
+            teacher_config={}
+            if c.scenario == "paper"
+            else self.teacher.config.to_dict(),
         )
 
     def device_assets(self) -> DeviceAssets:
@@ -129,7 +145,9 @@ class Workspace:
             return None
 
         def with_link(device: DeviceState, server_round: int) -> DeviceState:
-            modelled = scenario.device_state(device.partition_id % scenario.num_devices, server_round)
+            modelled = scenario.device_state(
+                device.partition_id % scenario.num_devices, server_round
+            )
             return replace(
                 device,
                 profile_name=modelled.profile_name,

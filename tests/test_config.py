@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pyproject_lists_every_key_with_the_dataclass_default() -> None:
-    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     assert list(table) == config_keys()
     assert RunConfig.from_run_config(table) == RunConfig()
 
@@ -35,7 +37,9 @@ def test_readme_table_is_the_generated_one() -> None:
     ],
 )
 def test_bad_values_name_the_key(key: str, value: object, words: str) -> None:
-    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")
+    ):
         RunConfig.from_run_config({key: value})
 
 

@@ -15,7 +15,12 @@ from splitkd_flwr.errors import ModelError, TransportError
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.partition import DevicePart, device_param_names
 from splitkd_flwr.split.server import SplitServer
-from splitkd_flwr.transport.stream import DataPlaneServer, DeviceSession, Frame, new_token
+from splitkd_flwr.transport.stream import (
+    DataPlaneServer,
+    DeviceSession,
+    Frame,
+    new_token,
+)
 from tests.apps.tiny import tiny_llama
 
 VOCAB, CUT = 64, 2
@@ -59,10 +64,14 @@ def _assert_unchanged(server: SplitServer, snapshot: tuple[dict, dict]) -> None:
             assert torch.equal(now[index][key], value), (index, key)
 
 
-def _device_round(server: SplitServer, plane: DataPlane, token: str) -> dict[str, torch.Tensor]:
+def _device_round(
+    server: SplitServer, plane: DataPlane, token: str
+) -> dict[str, torch.Tensor]:
     """A device with its own copy of the student and only the teacher's embedding table."""
     student = copy.deepcopy(server.student)
-    part = DevicePart.from_parts(server.teacher.get_input_embeddings().weight.detach(), student, CUT)
+    part = DevicePart.from_parts(
+        server.teacher.get_input_embeddings().weight.detach(), student, CUT
+    )
     optimizer = torch.optim.AdamW(part.student_parameters(), lr=1e-2)
     with DeviceSession(plane.address, token, timeout_s=5.0) as session:
         run_device_round(session, part, _batches(), optimizer)
@@ -93,9 +102,15 @@ def test_good_round_commits_the_devices_weights(setup) -> None:
     # Assert
     assert figures["batches"] == 3 and figures["measured-bytes-up"] > 0
     state = server.student.state_dict()
-    assert torch.equal(state["model.embed_tokens.weight"], weights["model.embed_tokens.weight"])
-    assert not torch.equal(state["model.embed_tokens.weight"], before[0]["model.embed_tokens.weight"])
-    assert not torch.equal(state["lm_head.weight"], before[0]["lm_head.weight"])  # server side
+    assert torch.equal(
+        state["model.embed_tokens.weight"], weights["model.embed_tokens.weight"]
+    )
+    assert not torch.equal(
+        state["model.embed_tokens.weight"], before[0]["model.embed_tokens.weight"]
+    )
+    assert not torch.equal(
+        state["lm_head.weight"], before[0]["lm_head.weight"]
+    )  # server side
 
 
 def test_wrong_token_is_refused_and_nothing_changes(setup) -> None:
@@ -116,11 +131,18 @@ def test_malformed_frame_ends_the_round_and_rolls_back(setup) -> None:
     before = _snapshot(server)
     token = new_token()
     round_ = plane.open_round(token, server, CUT)
-    good = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5)}
-    bad = Frame({
-        "teacher_embeds": torch.zeros(2, 5, 32), "student_hidden": torch.zeros(2, 5, 7),  # d_s is 16
-        "attention_mask": good["attention_mask"], "labels": good["input_ids"],
-    })
+    good = {
+        "input_ids": torch.zeros(2, 5, dtype=torch.long),
+        "attention_mask": torch.ones(2, 5),
+    }
+    bad = Frame(
+        {
+            "teacher_embeds": torch.zeros(2, 5, 32),
+            "student_hidden": torch.zeros(2, 5, 7),  # d_s is 16
+            "attention_mask": good["attention_mask"],
+            "labels": good["input_ids"],
+        }
+    )
     with pytest.raises(TransportError):
         with DeviceSession(plane.address, token, timeout_s=5.0) as session:
             session.exchange(bad)
@@ -134,7 +156,9 @@ def test_nan_in_the_server_step_rolls_back(setup) -> None:
     server, plane = setup
     _warm_up(server, plane)
     before = _snapshot(server)
-    server.loss_fn = lambda s, t, labels: (s.float().sum() * float("nan"))  # a loss gone bad
+    server.loss_fn = lambda s, t, labels: (
+        s.float().sum() * float("nan")
+    )  # a loss gone bad
     token = new_token()
     round_ = plane.open_round(token, server, CUT)
     with pytest.raises(TransportError, match="Non-finite"):
@@ -151,7 +175,9 @@ def test_bad_device_weights_are_refused_before_loading(setup) -> None:
     round_ = plane.open_round(token, server, CUT)
     weights = _device_round(server, plane, token)
     round_.finish()
-    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] * float("nan")
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] * float(
+        "nan"
+    )
     with pytest.raises(ModelError, match="NaN"):
         server.commit(CUT, weights)
     with pytest.raises(ModelError, match="missing"):

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from splitkd_flwr.data.loading import Examples
 from splitkd_flwr.errors import ConfigError, ModelError
-from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.knowledge_transfer import (
     consensus_log_probs,
     distill,
@@ -22,6 +21,7 @@ from splitkd_flwr.knowledge_transfer import (
     train_ce,
     unlabelled_kd_loss,
 )
+from splitkd_flwr.split.evaluate import evaluate_lm
 from tests.apps.tiny import tiny_llama
 
 VOCAB = 40
@@ -43,7 +43,10 @@ def _batches(n: int = 16) -> list[dict[str, torch.Tensor]]:
 
 def test_fedavg_is_the_weighted_mean() -> None:
     # Prepare
-    a, b = {"w": torch.zeros(2, 2), "step": torch.tensor(3)}, {"w": torch.ones(2, 2), "step": torch.tensor(5)}
+    a, b = (
+        {"w": torch.zeros(2, 2), "step": torch.tensor(3)},
+        {"w": torch.ones(2, 2), "step": torch.tensor(5)},
+    )
     # Execute
     averaged = fedavg([a, b], [1.0, 3.0])
     # Assert
@@ -75,7 +78,9 @@ def test_consensus_is_a_distribution_between_its_members() -> None:
     torch.testing.assert_close(q.sum(-1), torch.ones(2, 3))
     low = torch.minimum(a.softmax(-1), b.softmax(-1))
     high = torch.maximum(a.softmax(-1), b.softmax(-1))
-    assert bool(((q >= low - 1e-6) & (q <= high + 1e-6)).all())  # a convex mixture per token
+    assert bool(
+        ((q >= low - 1e-6) & (q <= high + 1e-6)).all()
+    )  # a convex mixture per token
 
 
 def test_consensus_weighs_the_confident_model_and_the_larger_federation() -> None:
@@ -91,7 +96,9 @@ def test_consensus_weighs_the_confident_model_and_the_larger_federation() -> Non
     assert q_more_b[0, 0, 0] < q_equal[0, 0, 0]
     # the mixture weight is n_k * max p_k, normalised
     w_sure = 1.0 * 1.0 / (1.0 * 1.0 + 1.0 / VOCAB)
-    assert math.isclose(q_equal[0, 0, 0].item(), w_sure + (1 - w_sure) / VOCAB, rel_tol=1e-4)
+    assert math.isclose(
+        q_equal[0, 0, 0].item(), w_sure + (1 - w_sure) / VOCAB, rel_tol=1e-4
+    )
 
 
 def test_consensus_refuses_bad_inputs() -> None:
@@ -110,12 +117,17 @@ def test_train_ce_lowers_the_loss_and_counts_examples() -> None:
     # Assert
     assert second["train-loss"] < first["train-loss"]
     assert first["num-examples"] == 16 and first["batches"] == 4
-    assert first["tokens"] == 15 * 11 + 5  # 11 targets per full row, 5 in the half-padded one
+    assert (
+        first["tokens"] == 15 * 11 + 5
+    )  # 11 targets per full row, 5 in the half-padded one
 
 
 def test_distill_moves_the_student_towards_the_teacher() -> None:
     # Prepare: a teacher that learnt the data, a fresh student of another shape
-    teacher, student = tiny_llama(VOCAB, hidden=24, layers=1), tiny_llama(VOCAB, hidden=16, layers=2)
+    teacher, student = (
+        tiny_llama(VOCAB, hidden=24, layers=1),
+        tiny_llama(VOCAB, hidden=16, layers=2),
+    )
     batches = _batches()
     train_ce(teacher, batches * 3, lr=1e-2)
     loss = unlabelled_kd_loss(temperature=2.0)
@@ -130,15 +142,25 @@ def test_distill_moves_the_student_towards_the_teacher() -> None:
     assert all(torch.equal(teacher_before[k], v) for k, v in state_of(teacher).items())
 
 
-def test_server_transfer_averages_per_architecture_and_improves_the_large_model() -> None:
+def test_server_transfer_averages_per_architecture_and_improves_the_large_model() -> (
+    None
+):
     # Prepare: two architectures, two clients of the first, one of the second
     batches = _batches()
-    smalls = [tiny_llama(VOCAB, hidden=16, layers=1), tiny_llama(VOCAB, hidden=8, layers=2)]
+    smalls = [
+        tiny_llama(VOCAB, hidden=16, layers=1),
+        tiny_llama(VOCAB, hidden=8, layers=2),
+    ]
     large = tiny_llama(VOCAB, hidden=32, layers=2)
-    clients = [tiny_llama(VOCAB, hidden=16, layers=1) for _ in range(2)] + [tiny_llama(VOCAB, hidden=8, layers=2)]
+    clients = [tiny_llama(VOCAB, hidden=16, layers=1) for _ in range(2)] + [
+        tiny_llama(VOCAB, hidden=8, layers=2)
+    ]
     for client in clients:
         train_ce(client, batches * 2, lr=1e-2)
-    updates = [[(state_of(clients[0]), 10.0), (state_of(clients[1]), 30.0)], [(state_of(clients[2]), 20.0)]]
+    updates = [
+        [(state_of(clients[0]), 10.0), (state_of(clients[1]), 30.0)],
+        [(state_of(clients[2]), 20.0)],
+    ]
     expected = fedavg([state_of(clients[0]), state_of(clients[1])], [10.0, 30.0])
     loss = unlabelled_kd_loss(temperature=1.0)
 
@@ -147,23 +169,46 @@ def test_server_transfer_averages_per_architecture_and_improves_the_large_model(
 
     before = held_out()
     # Execute
-    metrics = server_transfer(large, smalls, updates, batches, loss, large_lr=1e-2, small_lr=1e-12)
+    metrics = server_transfer(
+        large, smalls, updates, batches, loss, large_lr=1e-2, small_lr=1e-12
+    )
     # Assert
     assert metrics["architectures-heard"] == 2
     assert {"reverse-kd-loss", "forward-kd-loss-0", "forward-kd-loss-1"} <= set(metrics)
     assert held_out() < before
     # with a negligible small-model lr, the small model is (almost exactly) the FedAvg
-    torch.testing.assert_close(state_of(smalls[0])["lm_head.weight"], expected["lm_head.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        state_of(smalls[0])["lm_head.weight"],
+        expected["lm_head.weight"],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_server_transfer_without_updates_changes_nothing() -> None:
     large = tiny_llama(VOCAB, hidden=32, layers=1)
     before = state_of(large)
-    metrics = server_transfer(large, [tiny_llama(VOCAB, hidden=8, layers=1)], [[]], _batches(), unlabelled_kd_loss(1.0), 1e-2, 1e-2)
+    metrics = server_transfer(
+        large,
+        [tiny_llama(VOCAB, hidden=8, layers=1)],
+        [[]],
+        _batches(),
+        unlabelled_kd_loss(1.0),
+        1e-2,
+        1e-2,
+    )
     assert metrics == {"architectures-heard": 0.0}
     assert all(torch.equal(before[k], v) for k, v in state_of(large).items())
 
 
 def test_server_transfer_needs_one_group_per_architecture() -> None:
     with pytest.raises(ConfigError):
-        server_transfer(tiny_llama(VOCAB, 8, 1), [tiny_llama(VOCAB, 8, 1)], [[], []], [], unlabelled_kd_loss(1.0), 1e-2, 1e-2)
+        server_transfer(
+            tiny_llama(VOCAB, 8, 1),
+            [tiny_llama(VOCAB, 8, 1)],
+            [[], []],
+            [],
+            unlabelled_kd_loss(1.0),
+            1e-2,
+            1e-2,
+        )

@@ -18,21 +18,34 @@ TRADEOFF_SLACKS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def case_study(
-    output_dir: Annotated[Path, typer.Option(help="where the CSV, PNGs and tables go")] = Path(
-        "outputs/case-study"
-    ),
+    output_dir: Annotated[
+        Path, typer.Option(help="where the CSV, PNGs and tables go")
+    ] = Path("outputs/case-study"),
     rounds: Annotated[int, typer.Option(help="rounds per channel condition")] = 200,
-    delay_slack: Annotated[float, typer.Option(help="bound = (1 + slack) x the round's least delay")] = 0.25,
-    delay_bound_s: Annotated[float | None, typer.Option(help="an absolute bound (s), not the slack")] = None,
+    delay_slack: Annotated[
+        float, typer.Option(help="bound = (1 + slack) x the round's least delay")
+    ] = 0.25,
+    delay_bound_s: Annotated[
+        float | None, typer.Option(help="an absolute bound (s), not the slack")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="sequences per mini-batch")] = 8,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 512,
-    batches_per_round: Annotated[int, typer.Option(help="mini-batches x local epochs per round")] = 10,
-    selector: Annotated[str, typer.Option(help="device selector: name or pkg.mod:Class")] = "round-robin",
+    batches_per_round: Annotated[
+        int, typer.Option(help="mini-batches x local epochs per round")
+    ] = 10,
+    selector: Annotated[
+        str, typer.Option(help="device selector: name or pkg.mod:Class")
+    ] = "round-robin",
     fleet: Annotated[str, typer.Option(help="fleet TOML ('' = paper Table II)")] = "",
     environment: Annotated[str, typer.Option(help="TR 38.901 'umi' or 'uma'")] = "umi",
-    cqi_thresholds: Annotated[str, typer.Option(help="'5g-lena', 'matlab' or 'lte-awgn'")] = "5g-lena",
+    cqi_thresholds: Annotated[
+        str, typer.Option(help="'5g-lena', 'matlab' or 'lte-awgn'")
+    ] = "5g-lena",
     seed: Annotated[int, typer.Option(help="mobility and shadowing seed")] = 0,
-    sweeps: Annotated[bool, typer.Option("--sweeps/--no-sweeps", help="trade-off and sensitivity runs")] = True,
+    sweeps: Annotated[
+        bool,
+        typer.Option("--sweeps/--no-sweeps", help="trade-off and sensitivity runs"),
+    ] = True,
 ) -> None:
     """Run proposed vs server-only vs device-only under Good / Normal / Poor channels."""
     from splitkd_flwr.simulation import report
@@ -48,14 +61,25 @@ def case_study(
     console = Console()
     try:
         config = CaseStudyConfig(
-            rounds=rounds, batch_size=batch_size, seq_len=seq_len, batches_per_round=batches_per_round,
-            delay_slack=delay_slack, delay_bound_s=delay_bound_s, selector=selector,
-            scenario=ScenarioConfig(fleet=fleet, environment=environment, cqi_thresholds=cqi_thresholds,
-                                    seed=seed),
+            rounds=rounds,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            batches_per_round=batches_per_round,
+            delay_slack=delay_slack,
+            delay_bound_s=delay_bound_s,
+            selector=selector,
+            scenario=ScenarioConfig(
+                fleet=fleet,
+                environment=environment,
+                cqi_thresholds=cqi_thresholds,
+                seed=seed,
+            ),
         )
         output_dir.mkdir(parents=True, exist_ok=True)
         sweep_rounds = max(1, min(rounds, 100))
-        steps = len(config.noises) + (len(TRADEOFF_SLACKS) + len(SENSITIVITY) if sweeps else 0)
+        steps = len(config.noises) + (
+            len(TRADEOFF_SLACKS) + len(SENSITIVITY) if sweeps else 0
+        )
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("case study", total=steps)
 
@@ -73,20 +97,38 @@ def case_study(
     summary = result.summary()
     files = [
         report.write_csv(result.rows, output_dir / "case_study.csv"),
-        report.plot_per_round(result, "delay_s", output_dir / "fig3_delay.png", "round delay (s)",
-                              "Training delay per round (cf. paper Fig. 3)"),
-        report.plot_per_round(result, "energy_j", output_dir / "fig4_energy.png", "round energy (J)",
-                              "Energy per round (cf. paper Fig. 4)"),
+        report.plot_per_round(
+            result,
+            "delay_s",
+            output_dir / "fig3_delay.png",
+            "round delay (s)",
+            "Training delay per round (cf. paper Fig. 3)",
+        ),
+        report.plot_per_round(
+            result,
+            "energy_j",
+            output_dir / "fig4_energy.png",
+            "round energy (J)",
+            "Energy per round (cf. paper Fig. 4)",
+        ),
     ]
-    tables = [f"## Reductions by the proposed plan ({rounds} rounds per channel)\n",
-              report.reductions_table(summary), "\n## Mean per round\n", report.means_table(summary)]
+    tables = [
+        f"## Reductions by the proposed plan ({rounds} rounds per channel)\n",
+        report.reductions_table(summary),
+        "\n## Mean per round\n",
+        report.means_table(summary),
+    ]
     if sweeps:
-        files += [report.write_csv(points, output_dir / "tradeoff.csv"),
-                  report.plot_tradeoff(points, output_dir / "tradeoff.png"),
-                  report.write_csv(sens, output_dir / "sensitivity.csv"),
-                  report.plot_sensitivity(sens, output_dir / "sensitivity.png")]
-        tables += [f"\n## Sensitivity (Normal channel, {sweep_rounds} rounds; one parameter at a time)\n",
-                   report.sensitivity_table(sens)]
+        files += [
+            report.write_csv(points, output_dir / "tradeoff.csv"),
+            report.plot_tradeoff(points, output_dir / "tradeoff.png"),
+            report.write_csv(sens, output_dir / "sensitivity.csv"),
+            report.plot_sensitivity(sens, output_dir / "sensitivity.png"),
+        ]
+        tables += [
+            f"\n## Sensitivity (Normal channel, {sweep_rounds} rounds; one parameter at a time)\n",
+            report.sensitivity_table(sens),
+        ]
     (output_dir / "summary.md").write_text("\n".join(tables) + "\n")
     (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     files += [output_dir / "summary.md", output_dir / "config.json"]

@@ -13,7 +13,9 @@ from splitkd_flwr.errors import SplitKDError
 def prepare(
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="cache root; default $SPLITKD_CACHE or ~/.cache/splitkd-flwr"),
+        typer.Option(
+            help="cache root; default $SPLITKD_CACHE or ~/.cache/splitkd-flwr"
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the initial weights")] = 0,
     steps: Annotated[

@@ -33,7 +33,9 @@ def _parse_cuts(text: str, num_layers: int) -> list[int]:
     try:
         cuts = [int(c) for c in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"--cuts takes all, none or e.g. 1,4,8; got {text!r}") from None
+        raise click.BadParameter(
+            f"--cuts takes all, none or e.g. 1,4,8; got {text!r}"
+        ) from None
     bad = [c for c in cuts if not 1 <= c <= num_layers - 1]
     if bad:
         raise click.BadParameter(f"cuts {bad} outside 1..{num_layers - 1}")
@@ -48,25 +50,43 @@ def _load(source: str, default_config: Any, dtype: str, device: str) -> Any:
     from splitkd_flwr.split.models import load_causal_lm
 
     if dtype not in DTYPES:
-        raise click.BadParameter(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise click.BadParameter(
+            f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"
+        )
     config = default_config(DEFAULT_VOCAB_SIZE) if source == "default" else source
     return load_causal_lm(config, dtype=getattr(torch, DTYPES[dtype])).to(device)
 
 
 def profile(
-    output: Annotated[Path, typer.Option(help="fleet TOML to write")] = Path("profile.toml"),
-    teacher: Annotated[str, typer.Option(help="teacher directory or `default`")] = "default",
-    student: Annotated[str, typer.Option(help="student directory or `default`")] = "default",
+    output: Annotated[Path, typer.Option(help="fleet TOML to write")] = Path(
+        "profile.toml"
+    ),
+    teacher: Annotated[
+        str, typer.Option(help="teacher directory or `default`")
+    ] = "default",
+    student: Annotated[
+        str, typer.Option(help="student directory or `default`")
+    ] = "default",
     device: Annotated[str, typer.Option(help="`cpu`, `cuda` or `cuda:N`")] = "cpu",
     dtype: Annotated[str, typer.Option(help="`fp32`, `fp16` or `bf16`")] = "fp32",
     batch_size: Annotated[int, typer.Option(help="sequences per mini-batch")] = 16,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 64,
-    repeats: Annotated[int, typer.Option(help="timed runs per op and cut (fastest kept)")] = 5,
-    cuts: Annotated[str, typer.Option(help="cuts to check: `all`, `none` or `1,4,8`")] = "all",
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 0,
-    clock: Annotated[str, typer.Option(help="`auto`, `wall` or `cpu` (CPU time)")] = "auto",
+    repeats: Annotated[
+        int, typer.Option(help="timed runs per op and cut (fastest kept)")
+    ] = 5,
+    cuts: Annotated[
+        str, typer.Option(help="cuts to check: `all`, `none` or `1,4,8`")
+    ] = "all",
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads (0: torch's default)")
+    ] = 0,
+    clock: Annotated[
+        str, typer.Option(help="`auto`, `wall` or `cpu` (CPU time)")
+    ] = "auto",
     name: Annotated[str, typer.Option(help="name of the profile written")] = "measured",
-    extends: Annotated[str, typer.Option(help="base profile (clock, cores, power)")] = "rtx4090",
+    extends: Annotated[
+        str, typer.Option(help="base profile (clock, cores, power)")
+    ] = "rtx4090",
     as_server: Annotated[
         bool, typer.Option("--as-server/--as-device", help="make it the fleet's server")
     ] = True,
@@ -75,8 +95,15 @@ def profile(
     """Time teacher and student layer by layer, fit the cost model's throughput, write it."""
     import torch
 
-    from splitkd_flwr.data.defaults import default_student_config, default_teacher_config
-    from splitkd_flwr.hardware.calibration import calibrated_profile, check_table, fleet_toml
+    from splitkd_flwr.data.defaults import (
+        default_student_config,
+        default_teacher_config,
+    )
+    from splitkd_flwr.hardware.calibration import (
+        calibrated_profile,
+        check_table,
+        fleet_toml,
+    )
     from splitkd_flwr.hardware.detect import detect_meter
     from splitkd_flwr.hardware.profile import profile_machine
 
@@ -89,8 +116,13 @@ def profile(
         meter = detect_meter(energy_meter)
         with meter.measure() as measured:
             result = profile_machine(
-                teacher_model, student_model, batch_size=batch_size, seq_len=seq_len,
-                repeats=repeats, cuts=checked, clock=clock,
+                teacher_model,
+                student_model,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                repeats=repeats,
+                cuts=checked,
+                clock=clock,
             )
         meter.close()
         calibrated = calibrated_profile(result, name, extends, _hardware_name(device))

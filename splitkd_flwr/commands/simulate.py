@@ -37,13 +37,18 @@ def _pairs(items: list[str]) -> dict[str, object]:
 
 def simulate(
     vehicles: Annotated[int, typer.Option(help="simulated SuperNodes (vehicles)")] = 10,
-    rounds: Annotated[int, typer.Option(help="training rounds (one vehicle each)")] = 10,
-    output_dir: Annotated[Path, typer.Option(help="metrics, summary and the student")] = Path(
-        "outputs/simulation"
-    ),
+    rounds: Annotated[
+        int, typer.Option(help="training rounds (one vehicle each)")
+    ] = 10,
+    output_dir: Annotated[
+        Path, typer.Option(help="metrics, summary and the student")
+    ] = Path("outputs/simulation"),
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="extra run-config key=value (repeatable), e.g. planner=energy-optimal"),
+        typer.Option(
+            "--set",
+            help="extra run-config key=value (repeatable), e.g. planner=energy-optimal",
+        ),
     ] = None,
 ) -> None:
     """Prepare the default models, then run split KD with N simulated vehicles and report."""
@@ -57,14 +62,20 @@ def simulate(
         f"initial student {models.student_perplexity:.2f})"
     )
     output_dir = output_dir.expanduser().resolve()
-    run_config = {"num-rounds": rounds, "output-dir": str(output_dir), **_pairs(set_ or [])}
+    run_config = {
+        "num-rounds": rounds,
+        "output-dir": str(output_dir),
+        **_pairs(set_ or []),
+    }
     federation_config = {"num-supernodes": vehicles, "client-resources-num-cpus": 1}
     with tempfile.TemporaryDirectory(prefix="splitkd-flwr-home-") as home:
         with LocalFederation(home=Path(home), simulation=True, threads=1) as federation:
             rc = federation.run(APP_DIR, run_config, federation_config)
     summary_path = output_dir / "summary.json"
     if rc != 0 or not summary_path.is_file():
-        raise click.ClickException(f"`flwr run` failed (exit code {rc}); see the log above")
+        raise click.ClickException(
+            f"`flwr run` failed (exit code {rc}); see the log above"
+        )
     summary = json.loads(summary_path.read_text())
     typer.echo(f"\nsimulation finished in {time.monotonic() - started:.0f} s")
     for key, value in summary.items():

@@ -1,6 +1,11 @@
 """Real energy meters and clock knobs: NVML, Jetson sysfs, and a null meter."""
 
-from splitkd_flwr.hardware.clocks import ClockController, ClockSetting, NullClock, snap_up
+from splitkd_flwr.hardware.clocks import (
+    ClockController,
+    ClockSetting,
+    NullClock,
+    snap_up,
+)
 from splitkd_flwr.hardware.detect import BACKENDS, detect_clock, detect_meter
 from splitkd_flwr.hardware.jetson import JetsonClock, JetsonMeter, find_rails
 from splitkd_flwr.hardware.meters import (

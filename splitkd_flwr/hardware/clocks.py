@@ -23,7 +23,9 @@ class ClockSetting:
     applied_hz: float | None  # the supported step actually locked, None if not applied
     applied: bool
     reason: str = ""  # why not applied (no permission, not supported, not requested)
-    current_hz: float | None = None  # the clock read back after the attempt, where readable
+    current_hz: float | None = (
+        None  # the clock read back after the attempt, where readable
+    )
 
     def to_metrics(self) -> dict[str, int | float]:
         """Flower ``MetricRecord``-ready figures; unknown clocks are left out, not zeroed."""
@@ -89,8 +91,12 @@ class ClockController(ABC):
     def _warn_once(self, reason: str) -> None:
         if reason not in self._warned:
             self._warned.add(reason)
-            log(WARNING, "GPU clock not applied (%s): %s; the run goes on at the current "
-                "clock", self.source, reason)
+            log(
+                WARNING,
+                "GPU clock not applied (%s): %s; the run goes on at the current clock",
+                self.source,
+                reason,
+            )
 
     def _read_current(self) -> float | None:
         try:
@@ -104,14 +110,18 @@ class ClockController(ABC):
         if hz is None:
             self.restore()
             current = self._read_current()
-            return ClockSetting(self.source, None, None, False, "not requested", current)
+            return ClockSetting(
+                self.source, None, None, False, "not requested", current
+            )
         if hz <= 0:
             raise ValueError(f"clock must be > 0 Hz, got {hz}")
         try:
             applied_hz = self._set(hz)
         except HardwareUnavailable as err:
             self._warn_once(str(err))
-            return ClockSetting(self.source, hz, None, False, str(err), self._read_current())
+            return ClockSetting(
+                self.source, hz, None, False, str(err), self._read_current()
+            )
         if not self._held:
             self._held = True
             atexit.register(self.restore)

@@ -78,8 +78,12 @@ def detect_meter(
         },
         NullMeter,
     )
-    log(INFO, "Energy meter: %s%s", meter.source,
-        f" ({meter.reason})" if isinstance(meter, NullMeter) else "")
+    log(
+        INFO,
+        "Energy meter: %s%s",
+        meter.source,
+        f" ({meter.reason})" if isinstance(meter, NullMeter) else "",
+    )
     return meter
 
 

@@ -7,7 +7,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from splitkd_flwr.hardware.clocks import ClockController, snap_up
-from splitkd_flwr.hardware.meters import EnergyReading, HardwareUnavailable, SamplingMeter
+from splitkd_flwr.hardware.meters import (
+    EnergyReading,
+    HardwareUnavailable,
+    SamplingMeter,
+)
 
 # Rail labels of the upstream `ina3221` hwmon driver (JetPack 5+), first match wins.
 # Module input: Orin NX/Nano and Xavier NX `VDD_IN`, Nano `POM_5V_IN`. AGX Orin and AGX
@@ -42,7 +46,9 @@ def find_rails(sysfs_root: str | Path = "/sys") -> dict[str, Rail]:
     Unconnected channels (label ``NC``) and channels without a current reading are skipped.
     """
     rails: dict[str, Rail] = {}
-    for label_path in sorted(Path(sysfs_root).glob("bus/i2c/devices/*/hwmon/hwmon*/in*_label")):
+    for label_path in sorted(
+        Path(sysfs_root).glob("bus/i2c/devices/*/hwmon/hwmon*/in*_label")
+    ):
         label = label_path.read_text().strip()
         channel = label_path.name[len("in") : -len("_label")]
         hwmon = label_path.parent
@@ -68,18 +74,24 @@ class JetsonMeter(SamplingMeter):
 
     source = "jetson-ina3221"
 
-    def __init__(self, sysfs_root: str | Path = "/sys", interval_s: float = 0.05) -> None:
+    def __init__(
+        self, sysfs_root: str | Path = "/sys", interval_s: float = 0.05
+    ) -> None:
         super().__init__(primary="total", interval_s=interval_s)
         self.rails = find_rails(sysfs_root)
         if not self.rails:
-            raise HardwareUnavailable(f"no INA3221 rails under {sysfs_root}/bus/i2c/devices")
+            raise HardwareUnavailable(
+                f"no INA3221 rails under {sysfs_root}/bus/i2c/devices"
+            )
         self.total_rail = next((r for r in TOTAL_RAILS if r in self.rails), None)
         self.gpu_rail = next((r for r in GPU_RAILS if r in self.rails), None)
 
     def read_power_w(self) -> Mapping[str, float]:
         """Power per rail (W) as ``{"total": ..., "gpu": ...}``."""
         watts = {label: rail.power_w() for label, rail in self.rails.items()}
-        out = {"total": watts[self.total_rail] if self.total_rail else sum(watts.values())}
+        out = {
+            "total": watts[self.total_rail] if self.total_rail else sum(watts.values())
+        }
         if self.gpu_rail is not None:
             out["gpu"] = watts[self.gpu_rail]
         return out
@@ -87,7 +99,9 @@ class JetsonMeter(SamplingMeter):
     def _end(self, duration_s: float) -> EnergyReading:
         reading = super()._end(duration_s)
         if reading.measured and self.total_rail is None:
-            return replace(reading, note="total = sum of rails " + "+".join(sorted(self.rails)))
+            return replace(
+                reading, note="total = sum of rails " + "+".join(sorted(self.rails))
+            )
         return reading
 
 
@@ -122,22 +136,30 @@ class JetsonClock(ClockController):
         self, devfreq_root: str | Path = "/sys/class/devfreq", node: str | None = None
     ) -> None:
         super().__init__()
-        self.path = Path(devfreq_root) / node if node else find_gpu_devfreq(devfreq_root)
+        self.path = (
+            Path(devfreq_root) / node if node else find_gpu_devfreq(devfreq_root)
+        )
         if not (self.path / "available_frequencies").exists():
             raise HardwareUnavailable(f"{self.path} has no available_frequencies")
         self._original: tuple[int, int] | None = None
 
     def supported_hz(self) -> list[float]:
         """The GPU's clock steps in Hz."""
-        return [float(f) for f in (self.path / "available_frequencies").read_text().split()]
+        return [
+            float(f) for f in (self.path / "available_frequencies").read_text().split()
+        ]
 
     def _read_range(self) -> tuple[int, int]:
-        return int((self.path / "min_freq").read_text()), int((self.path / "max_freq").read_text())
+        return int((self.path / "min_freq").read_text()), int(
+            (self.path / "max_freq").read_text()
+        )
 
     def _write(self, low_hz: int, high_hz: int) -> None:
         # The kernel refuses min > max at every step, so widen towards the new range first.
         writes = [("max_freq", high_hz), ("min_freq", low_hz)]
-        if low_hz <= self._read_range()[1]:  # not above the current max: lower min first
+        if (
+            low_hz <= self._read_range()[1]
+        ):  # not above the current max: lower min first
             writes.reverse()
         for name, value in writes:
             (self.path / name).write_text(str(value))
@@ -150,7 +172,9 @@ class JetsonClock(ClockController):
             if self._read_range() != before:  # half done: put back what was there
                 self._write(*before)
             reason = "needs root" if isinstance(err, PermissionError) else str(err)
-            raise HardwareUnavailable(f"writing {self.path}/{{min,max}}_freq: {reason}") from err
+            raise HardwareUnavailable(
+                f"writing {self.path}/{{min,max}}_freq: {reason}"
+            ) from err
 
     def _set(self, hz: float) -> float:
         target_hz = int(snap_up(hz, self.supported_hz()))

@@ -30,7 +30,9 @@ class EnergyReading:
 
     source: str  # "nvml-counter", "nvml-sampled", "jetson-ina3221", "none"
     measured: bool
-    duration_s: float  # wall time of the phase (sampled: the samples' span); always measured
+    duration_s: (
+        float  # wall time of the phase (sampled: the samples' span); always measured
+    )
     joules: float | None = None
     samples: int = 0
     rails_j: dict[str, float] = field(default_factory=dict)
@@ -45,7 +47,11 @@ class EnergyReading:
 
     def __add__(self, other: EnergyReading) -> EnergyReading:
         """Sum two readings of the same meter (a phase entered once per mini-batch)."""
-        joules = None if self.joules is None or other.joules is None else self.joules + other.joules
+        joules = (
+            None
+            if self.joules is None or other.joules is None
+            else self.joules + other.joules
+        )
         rails = set(self.rails_j) & set(other.rails_j) if joules is not None else set()
         return EnergyReading(
             source=self.source,
@@ -77,7 +83,10 @@ class EnergyReading:
 
     def to_labels(self, prefix: str = "") -> dict[str, str]:
         """Text figures for a Flower ``ConfigRecord``: the meter's name and its note."""
-        return {f"{prefix}energy-source": self.source, f"{prefix}energy-note": self.note}
+        return {
+            f"{prefix}energy-source": self.source,
+            f"{prefix}energy-note": self.note,
+        }
 
 
 class EnergyMeter(ABC):
@@ -95,7 +104,9 @@ class EnergyMeter(ABC):
     def start(self) -> None:
         """Begin a phase."""
         if self._t0 is not None:
-            raise RuntimeError(f"{type(self).__name__}: start() called twice without stop()")
+            raise RuntimeError(
+                f"{type(self).__name__}: start() called twice without stop()"
+            )
         self._t0 = time.monotonic()
         try:
             self._begin()
@@ -153,7 +164,9 @@ class NullMeter(EnergyMeter):
         pass
 
     def _end(self, duration_s: float) -> EnergyReading:
-        return EnergyReading(self.source, measured=False, duration_s=duration_s, note=self.reason)
+        return EnergyReading(
+            self.source, measured=False, duration_s=duration_s, note=self.reason
+        )
 
 
 def integrate_trapezoid(times_s: list[float], watts: list[float]) -> float:
@@ -199,7 +212,9 @@ class SamplingMeter(EnergyMeter):
 
     def _sample(self) -> None:
         try:
-            with self._lock:  # a time and its reading stay a pair across the two threads
+            with (
+                self._lock
+            ):  # a time and its reading stay a pair across the two threads
                 self._samples.append((self._clock(), self.read_power_w()))
         except (OSError, ValueError, SplitKDError) as err:  # a sensor gone mid-phase
             self._error = err
@@ -229,7 +244,9 @@ class SamplingMeter(EnergyMeter):
             note = f"sampling failed: {self._error}"
             log(WARNING, "%s: %s; phase not measured", self.source, note)
             return EnergyReading(self.source, False, duration_s, note=note)
-        samples = sorted(self._samples, key=lambda sample: sample[0])  # the thread's last may trail
+        samples = sorted(
+            self._samples, key=lambda sample: sample[0]
+        )  # the thread's last may trail
         times = [t for t, _ in samples]
         rails_j = {
             rail: integrate_trapezoid(times, [p[rail] for _, p in samples])
@@ -239,7 +256,12 @@ class SamplingMeter(EnergyMeter):
         # The samples bracket the phase; their span is the time base of the energy.
         span_s = times[-1] - times[0]
         return EnergyReading(
-            self.source, True, span_s, joules=joules, samples=len(times), rails_j=rails_j
+            self.source,
+            True,
+            span_s,
+            joules=joules,
+            samples=len(times),
+            rails_j=rails_j,
         )
 
     def close(self) -> None:

@@ -12,7 +12,12 @@ from typing import Any
 from splitkd_flwr.errors import ConfigError
 from splitkd_flwr.hardware.clocks import ClockController, ClockSetting, NullClock
 from splitkd_flwr.hardware.detect import detect_clock, detect_meter
-from splitkd_flwr.hardware.meters import EnergyMeter, EnergyReading, Measurement, NullMeter
+from splitkd_flwr.hardware.meters import (
+    EnergyMeter,
+    EnergyReading,
+    Measurement,
+    NullMeter,
+)
 
 _PHASE = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -53,8 +58,12 @@ class HardwareMonitor:
     ) -> HardwareMonitor:
         """Build from config names: ``auto``, ``nvml``, ``jetson`` or ``none`` for each."""
         return cls(
-            detect_meter(meter, device_index=device_index, sysfs_root=sysfs_root, nvml=nvml),
-            detect_clock(clock, device_index=device_index, sysfs_root=sysfs_root, nvml=nvml),
+            detect_meter(
+                meter, device_index=device_index, sysfs_root=sysfs_root, nvml=nvml
+            ),
+            detect_clock(
+                clock, device_index=device_index, sysfs_root=sysfs_root, nvml=nvml
+            ),
         )
 
     def apply_clock(self, hz: float | None) -> ClockSetting:

@@ -10,7 +10,11 @@ from typing import Any
 from flwr.common.logger import log
 
 from splitkd_flwr.hardware.clocks import ClockController, snap_up
-from splitkd_flwr.hardware.meters import EnergyReading, HardwareUnavailable, SamplingMeter
+from splitkd_flwr.hardware.meters import (
+    EnergyReading,
+    HardwareUnavailable,
+    SamplingMeter,
+)
 
 _MHZ = 1e6
 
@@ -36,7 +40,9 @@ class NvmlDevice:
             try:
                 import pynvml as nvml
             except ImportError as err:
-                raise HardwareUnavailable("pynvml is missing (pip install nvidia-ml-py)") from err
+                raise HardwareUnavailable(
+                    "pynvml is missing (pip install nvidia-ml-py)"
+                ) from err
         self.nvml = nvml
         self.index = index
         try:
@@ -87,7 +93,9 @@ class NvmlMeter(SamplingMeter):
             self.use_counter = True
         except nvml.NVMLError as err:
             if getattr(err, "value", None) != nvml.NVML_ERROR_NOT_SUPPORTED:
-                raise HardwareUnavailable(device.error_reason(err, "reading energy")) from err
+                raise HardwareUnavailable(
+                    device.error_reason(err, "reading energy")
+                ) from err
             self.use_counter = False
         try:
             self.read_power_w()
@@ -103,7 +111,9 @@ class NvmlMeter(SamplingMeter):
         try:
             return {"gpu": nvml.nvmlDeviceGetPowerUsage(self.device.handle) / 1000.0}
         except nvml.NVMLError as err:
-            raise HardwareUnavailable(self.device.error_reason(err, "reading power")) from err
+            raise HardwareUnavailable(
+                self.device.error_reason(err, "reading power")
+            ) from err
 
     def _energy_mj(self) -> int | None:
         nvml = self.device.nvml
@@ -125,7 +135,9 @@ class NvmlMeter(SamplingMeter):
             return super()._end(duration_s)
         end_mj = self._energy_mj()
         if self._start_mj is None or end_mj is None:
-            return EnergyReading(self.source, False, duration_s, note="energy counter read failed")
+            return EnergyReading(
+                self.source, False, duration_s, note="energy counter read failed"
+            )
         joules = (end_mj - self._start_mj) / 1000.0
         return EnergyReading(self.source, True, duration_s, joules=joules, samples=2)
 
@@ -156,11 +168,17 @@ class NvmlClock(ClockController):
             memory_mhz = list(nvml.nvmlDeviceGetSupportedMemoryClocks(handle))
             current_mem = nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM)
             mem = current_mem if current_mem in memory_mhz else max(memory_mhz)
-            return [m * _MHZ for m in nvml.nvmlDeviceGetSupportedGraphicsClocks(handle, mem)]
+            return [
+                m * _MHZ for m in nvml.nvmlDeviceGetSupportedGraphicsClocks(handle, mem)
+            ]
         except nvml.NVMLError as err:
-            raise HardwareUnavailable(self.device.error_reason(err, "listing clocks")) from err
+            raise HardwareUnavailable(
+                self.device.error_reason(err, "listing clocks")
+            ) from err
         except ValueError as err:  # max() of an empty list
-            raise HardwareUnavailable(f"{self.device.name} reports no memory clocks") from err
+            raise HardwareUnavailable(
+                f"{self.device.name} reports no memory clocks"
+            ) from err
 
     def _set(self, hz: float) -> float:
         nvml = self.device.nvml
@@ -169,7 +187,9 @@ class NvmlClock(ClockController):
         try:
             nvml.nvmlDeviceSetGpuLockedClocks(self.device.handle, mhz, mhz)
         except nvml.NVMLError as err:
-            raise HardwareUnavailable(self.device.error_reason(err, "locking GPU clocks")) from err
+            raise HardwareUnavailable(
+                self.device.error_reason(err, "locking GPU clocks")
+            ) from err
         return target_hz
 
     def _reset(self) -> None:
@@ -184,7 +204,10 @@ class NvmlClock(ClockController):
         """The SM clock now."""
         nvml = self.device.nvml
         try:
-            return nvml.nvmlDeviceGetClockInfo(self.device.handle, nvml.NVML_CLOCK_SM) * _MHZ
+            return (
+                nvml.nvmlDeviceGetClockInfo(self.device.handle, nvml.NVML_CLOCK_SM)
+                * _MHZ
+            )
         except nvml.NVMLError:
             return None
 

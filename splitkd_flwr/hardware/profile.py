@@ -101,6 +101,7 @@ def make_timer(device: torch.device, clock: str = "auto") -> Callable[[], float]
     cpu = resolve_clock(device, clock) == "cpu"
     read = time.process_time if cpu else time.perf_counter
     if device.type == "cuda":
+
         def now() -> float:
             torch.cuda.synchronize(device)
             return read()
@@ -177,13 +178,20 @@ def model_probes(
 
         probes.append(Probe(f"{prefix}.{name}.forward", forward_flops, forward))
         if train:
+
             def graph(fn: Layer = fn) -> tuple[torch.Tensor, torch.Tensor]:
                 y = fn(x)  # the graph the timed backward pass walks
                 return y, torch.randn_like(y)
 
             backward_flops = (TRAIN_FACTOR - 1.0) * forward_flops
-            probes.append(Probe(f"{prefix}.{name}.backward", backward_flops,
-                                lambda yg: yg[0].backward(yg[1]), graph))
+            probes.append(
+                Probe(
+                    f"{prefix}.{name}.backward",
+                    backward_flops,
+                    lambda yg: yg[0].backward(yg[1]),
+                    graph,
+                )
+            )
     return probes
 
 
@@ -262,7 +270,9 @@ def time_split_steps(
                 best[cut][1] = min(best[cut][1], t2 - t1)
     return [
         CutTiming(
-            cut=cut, device_s=best[cut][0], server_s=best[cut][1],
+            cut=cut,
+            device_s=best[cut][0],
+            server_s=best[cut][1],
             predicted_device_s=float(cost.device_flops[cut - 1]) / effective_flops,
             predicted_server_s=float(cost.server_flops[cut - 1]) / effective_flops,
         )
@@ -306,8 +316,13 @@ def profile_machine(
     if cuts is None:
         cuts = range(1, student.config.num_hidden_layers)
     checks = time_split_steps(
-        teacher, student, list(cuts), repeats=repeats, effective_flops=effective,
-        clock=clock, **shape,
+        teacher,
+        student,
+        list(cuts),
+        repeats=repeats,
+        effective_flops=effective,
+        clock=clock,
+        **shape,
     )
     return MachineProfile(
         device=str(student.device),

@@ -15,14 +15,26 @@ from splitkd_flwr.strategies.types import Workload
 # Public Hugging Face configs of the modelled pair. The paper's text says "teacher 64 blocks,
 # student 12"; the released models have 32 and 16, and those are what we model by default.
 LLAMA_3_2_1B: dict[str, Any] = {
-    "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-    "intermediate_size": 8192, "vocab_size": 128256, "tie_word_embeddings": True,
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 8192,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
 }
 LLAMA_3_1_8B: dict[str, Any] = {
-    "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-    "intermediate_size": 14336, "vocab_size": 128256, "tie_word_embeddings": False,
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
 }
 TRAIN_FACTOR = 3.0  # forward + backward (input and weight gradients = 2x forward)
 LABEL_BYTES_PER_TOKEN = 8  # int64 label ids travel with the smashed data
@@ -44,7 +56,10 @@ class ModelShape:
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         """Read an HF-style config dict (``model_type`` llama, mistral, qwen2, ...)."""
         try:
-            hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+            hidden, heads = (
+                int(config["hidden_size"]),
+                int(config["num_attention_heads"]),
+            )
             return cls(
                 hidden=hidden,
                 layers=int(config["num_hidden_layers"]),
@@ -55,12 +70,18 @@ class ModelShape:
                 vocab=int(config["vocab_size"]),
             )
         except KeyError as err:
-            raise ConfigError(f"model config lacks {err.args[0]!r}: need a Llama-style config") from None
+            raise ConfigError(
+                f"model config lacks {err.args[0]!r}: need a Llama-style config"
+            ) from None
 
     @property
     def layer_params(self) -> int:
         """Weights of one decoder layer's matrix multiplies (norms are negligible)."""
-        d, attn, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        d, attn, kv = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+        )
         return 2 * d * attn + 2 * d * kv + 3 * d * self.intermediate
 
     def layer_forward_flops(self, seq_len: int, attention_factor: float = 1.0) -> float:
@@ -81,7 +102,9 @@ class RoundCost:
     """Modelled delay (s), energy (J) and bytes of a round; every field broadcasts together."""
 
     device_compute_s: np.ndarray
-    uplink_s: np.ndarray  # smashed data + labels every batch, device-side weights at the end
+    uplink_s: (
+        np.ndarray
+    )  # smashed data + labels every batch, device-side weights at the end
     server_compute_s: np.ndarray
     downlink_s: np.ndarray  # gradients every batch, device-side weights at the start
     device_compute_j: np.ndarray
@@ -95,36 +118,67 @@ class RoundCost:
     @property
     def delay_s(self) -> np.ndarray:
         """Round delay: device, uplink, server and downlink take turns (no overlap)."""
-        return self.device_compute_s + self.uplink_s + self.server_compute_s + self.downlink_s
+        return (
+            self.device_compute_s
+            + self.uplink_s
+            + self.server_compute_s
+            + self.downlink_s
+        )
 
     @property
     def energy_j(self) -> np.ndarray:
         """Round energy of the device, the edge server and the base station's downlink."""
-        return self.device_compute_j + self.device_tx_j + self.server_compute_j + self.downlink_j
+        return (
+            self.device_compute_j
+            + self.device_tx_j
+            + self.server_compute_j
+            + self.downlink_j
+        )
 
     def record(self, index: tuple[int, ...] | int = ()) -> dict[str, float]:
         """The figures at ``index`` as a flat dict (keys carry units), e.g. for Plan.modelled."""
         index = (index,) if isinstance(index, int) else index
 
-        def at(array: np.ndarray) -> float:  # index into a broadcast axis of length 1 at 0
+        def at(
+            array: np.ndarray,
+        ) -> float:  # index into a broadcast axis of length 1 at 0
             arr = np.asarray(array)
-            return float(arr[tuple(i if n > 1 else 0 for i, n in zip(index, arr.shape))] if index else arr)
+            return float(
+                arr[tuple(i if n > 1 else 0 for i, n in zip(index, arr.shape))]
+                if index
+                else arr
+            )
 
         out = {f.name: at(getattr(self, f.name)) for f in fields(self)}
         # the same sums, in the same order, as the delay_s / energy_j properties
-        out["delay_s"] = sum(out[k] for k in ("device_compute_s", "uplink_s", "server_compute_s",
-                                              "downlink_s"))
-        out["energy_j"] = sum(out[k] for k in ("device_compute_j", "device_tx_j", "server_compute_j",
-                                               "downlink_j"))
+        out["delay_s"] = sum(
+            out[k]
+            for k in ("device_compute_s", "uplink_s", "server_compute_s", "downlink_s")
+        )
+        out["energy_j"] = sum(
+            out[k]
+            for k in (
+                "device_compute_j",
+                "device_tx_j",
+                "server_compute_j",
+                "downlink_j",
+            )
+        )
         return out
 
 
-def compute_delay_s(flops: Any, clock_hz: Any, cores: Any, utilisation: Any) -> np.ndarray:
+def compute_delay_s(
+    flops: Any, clock_hz: Any, cores: Any, utilisation: Any
+) -> np.ndarray:
     """Seconds to do ``flops`` at ``clock_hz`` on ``cores`` at ``utilisation``."""
-    return np.asarray(flops) / (clock_hz * cores * FLOPS_PER_CYCLE_PER_CORE * utilisation)
+    return np.asarray(flops) / (
+        clock_hz * cores * FLOPS_PER_CYCLE_PER_CORE * utilisation
+    )
 
 
-def compute_energy_j(delay_s: Any, clock_hz: Any, kappa: Any, static_power_w: Any) -> np.ndarray:
+def compute_energy_j(
+    delay_s: Any, clock_hz: Any, kappa: Any, static_power_w: Any
+) -> np.ndarray:
     """Energy of computing for ``delay_s`` at ``clock_hz``: ``(kappa f^3 + P_s) T``."""
     return (kappa * np.asarray(clock_hz, dtype=float) ** 3 + static_power_w) * delay_s
 
@@ -143,8 +197,12 @@ class DeviceArrays:
     @classmethod
     def of(cls, profiles: list[DeviceProfile]) -> DeviceArrays:
         """Stack ``profiles`` field by field."""
-        return cls(**{f.name: np.array([getattr(p, f.name) for p in profiles], dtype=float)
-                      for f in fields(cls)})
+        return cls(
+            **{
+                f.name: np.array([getattr(p, f.name) for p in profiles], dtype=float)
+                for f in fields(cls)
+            }
+        )
 
 
 class CostModel:
@@ -162,10 +220,13 @@ class CostModel:
         0.5 models kernels that skip the masked half.
     """
 
-    def __init__(self, workload: Workload, server: DeviceProfile, attention_factor: float = 1.0) -> None:
+    def __init__(
+        self, workload: Workload, server: DeviceProfile, attention_factor: float = 1.0
+    ) -> None:
         self.workload, self.server = workload, server
         self.student = ModelShape.from_config(
-            workload.student_config or {**LLAMA_3_2_1B, "num_hidden_layers": workload.num_student_layers}
+            workload.student_config
+            or {**LLAMA_3_2_1B, "num_hidden_layers": workload.num_student_layers}
         )
         self.teacher = ModelShape.from_config(workload.teacher_config or LLAMA_3_1_8B)
         if self.student.layers != workload.num_student_layers:
@@ -173,27 +234,42 @@ class CostModel:
                 f"student config has {self.student.layers} layers, workload says {workload.num_student_layers}"
             )
         if self.student.layers < 2:
-            raise ConfigError(f"a split needs a student with >= 2 layers, got {self.student.layers}")
+            raise ConfigError(
+                f"a split needs a student with >= 2 layers, got {self.student.layers}"
+            )
         w, s = workload, workload.seq_len
         sequences = w.batch_size * w.batches_per_round
         self.cuts = np.arange(1, self.student.layers)  # device holds layers [0, cut)
         layer = TRAIN_FACTOR * self.student.layer_forward_flops(s, attention_factor)
-        teacher = self.teacher.layers * self.teacher.layer_forward_flops(s, attention_factor)
+        teacher = self.teacher.layers * self.teacher.layer_forward_flops(
+            s, attention_factor
+        )
         teacher += self.teacher.head_forward_flops(s)  # frozen teacher: forward only
         student_head = TRAIN_FACTOR * self.student.head_forward_flops(s)
         # (C,) per-round FLOPs; the embedding lookups (teacher's and student's) are gathers, ~0 FLOPs
         self.device_flops = sequences * layer * self.cuts
-        self.server_flops = sequences * (layer * (self.student.layers - self.cuts) + student_head + teacher)
+        self.server_flops = sequences * (
+            layer * (self.student.layers - self.cuts) + student_head + teacher
+        )
         tokens = sequences * s
-        smashed_up = tokens * ((self.student.hidden + self.teacher.hidden) * w.wire_bytes_per_element
-                               + LABEL_BYTES_PER_TOKEN)
+        smashed_up = tokens * (
+            (self.student.hidden + self.teacher.hidden) * w.wire_bytes_per_element
+            + LABEL_BYTES_PER_TOKEN
+        )
         grad_down = tokens * self.student.hidden * w.wire_bytes_per_element
-        device_params = self.student.vocab * self.student.hidden + self.student.layer_params * self.cuts
-        self.param_bytes = device_params * w.param_bytes_per_element  # (C,) each way per round
+        device_params = (
+            self.student.vocab * self.student.hidden
+            + self.student.layer_params * self.cuts
+        )
+        self.param_bytes = (
+            device_params * w.param_bytes_per_element
+        )  # (C,) each way per round
         self.uplink_bytes = smashed_up + self.param_bytes  # (C,)
         self.downlink_bytes = grad_down + self.param_bytes  # (C,)
         # (C,) server cycles: server_compute_s = server_cycles / f
-        self.server_cycles = self.server_flops / (server.cores * FLOPS_PER_CYCLE_PER_CORE * server.utilisation)
+        self.server_cycles = self.server_flops / (
+            server.cores * FLOPS_PER_CYCLE_PER_CORE * server.utilisation
+        )
 
     @property
     def num_cuts(self) -> int:
@@ -201,7 +277,11 @@ class CostModel:
         return len(self.cuts)
 
     def evaluate(
-        self, devices: DeviceArrays, uplink_bps: Any, downlink_bps: Any, server_clock_hz: Any,
+        self,
+        devices: DeviceArrays,
+        uplink_bps: Any,
+        downlink_bps: Any,
+        server_clock_hz: Any,
         cut_index: Any = None,
     ) -> RoundCost:
         """Cost of every (device, cut, clock) in one call.
@@ -219,24 +299,41 @@ class CostModel:
         clock = np.asarray(server_clock_hz, dtype=float)
         if clock.ndim == 1:
             clock = clock[None, None, :]  # (1, 1, K)
-        cut_idx = np.arange(self.num_cuts)[None, :, None] if cut_index is None else np.asarray(cut_index)
-        dev = {f.name: getattr(devices, f.name)[:, None, None] for f in fields(devices)}  # (D, 1, 1)
+        cut_idx = (
+            np.arange(self.num_cuts)[None, :, None]
+            if cut_index is None
+            else np.asarray(cut_index)
+        )
+        dev = {
+            f.name: getattr(devices, f.name)[:, None, None] for f in fields(devices)
+        }  # (D, 1, 1)
         up_bps = np.asarray(uplink_bps, dtype=float)[:, None, None]
         down_bps = np.asarray(downlink_bps, dtype=float)[:, None, None]
         up_bytes, down_bytes = self.uplink_bytes[cut_idx], self.downlink_bytes[cut_idx]
-        with np.errstate(divide="ignore"):  # a zero rate (out of coverage) costs infinitely long
+        with np.errstate(
+            divide="ignore"
+        ):  # a zero rate (out of coverage) costs infinitely long
             uplink_s = 8.0 * up_bytes / up_bps
             downlink_s = 8.0 * down_bytes / down_bps
-        dev_s = compute_delay_s(self.device_flops[cut_idx], dev["clock_hz"], dev["cores"], dev["utilisation"])
+        dev_s = compute_delay_s(
+            self.device_flops[cut_idx],
+            dev["clock_hz"],
+            dev["cores"],
+            dev["utilisation"],
+        )
         srv_s = self.server_cycles[cut_idx] / clock
         return RoundCost(
             device_compute_s=dev_s,
             uplink_s=uplink_s,
             server_compute_s=srv_s,
             downlink_s=downlink_s,
-            device_compute_j=compute_energy_j(dev_s, dev["clock_hz"], dev["kappa"], dev["static_power_w"]),
+            device_compute_j=compute_energy_j(
+                dev_s, dev["clock_hz"], dev["kappa"], dev["static_power_w"]
+            ),
             device_tx_j=dev["tx_power_w"] * uplink_s,
-            server_compute_j=compute_energy_j(srv_s, clock, self.server.kappa, self.server.static_power_w),
+            server_compute_j=compute_energy_j(
+                srv_s, clock, self.server.kappa, self.server.static_power_w
+            ),
             downlink_j=self.server.tx_power_w * downlink_s,
             uplink_bytes=up_bytes,
             downlink_bytes=down_bytes,

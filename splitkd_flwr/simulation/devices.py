@@ -29,7 +29,9 @@ class DeviceProfile:
     cores: int  # CUDA cores, Table II
     kappa: float  # W/Hz^3, calibrated so kappa * f_max**3 is the rated GPU power
     static_power_w: float  # drawn while computing, independent of the clock
-    tx_power_w: float  # radio transmit power (for the server: the base station's downlink)
+    tx_power_w: (
+        float  # radio transmit power (for the server: the base station's downlink)
+    )
     utilisation: float = 0.4  # eta: achieved / peak FP32 throughput in training
     clock_steps_hz: tuple[float, ...] = ()  # DVFS steps, ascending; () -> (clock_hz,)
 
@@ -42,14 +44,18 @@ class DeviceProfile:
         }
         for key, value in checks.items():
             if not value > 0:
-                raise ConfigError(f"profile {self.name!r}: {key} must be > 0, got {value}")
+                raise ConfigError(
+                    f"profile {self.name!r}: {key} must be > 0, got {value}"
+                )
         if self.utilisation > 1:
             raise ConfigError(
                 f"profile {self.name!r}: utilisation must be in (0, 1], got {self.utilisation}"
             )
         if self.static_power_w < 0 or self.tx_power_w < 0:
             raise ConfigError(f"profile {self.name!r}: powers must be >= 0")
-        steps = tuple(sorted(float(s) for s in self.clock_steps_hz)) or (float(self.clock_hz),)
+        steps = tuple(sorted(float(s) for s in self.clock_steps_hz)) or (
+            float(self.clock_hz),
+        )
         if steps[0] <= 0 or steps[-1] > self.clock_hz * (1 + 1e-9):
             raise ConfigError(
                 f"profile {self.name!r}: clock steps must lie in (0, clock_hz={self.clock_hz}]"
@@ -86,23 +92,79 @@ def _steps(low_hz: float, high_hz: float, step_hz: float) -> tuple[float, ...]:
 DEFAULT_PROFILES: dict[str, DeviceProfile] = {
     p.name: p
     for p in (
-        DeviceProfile("rtx4090", "NVIDIA RTX 4090", 2.52e9, 16384, 2.8e-26, 30.0, 3.16,
-                      clock_steps_hz=_steps(210e6, 2.52e9, 15e6)),
-        DeviceProfile("agx-orin-1.3", "Jetson AGX Orin", 1.3e9, 2048, 1.8e-26, 7.5, 0.2,
-                      clock_steps_hz=_steps(306e6, 1.3e9, 102e6)),
-        DeviceProfile("agx-orin-1.0", "Jetson AGX Orin", 1.0e9, 2048, 1.8e-26, 7.5, 0.2,
-                      clock_steps_hz=_steps(306e6, 1.0e9, 102e6)),
-        DeviceProfile("orin-nx-0.91", "Jetson Orin NX", 0.91e9, 1024, 1.9e-26, 5.0, 0.2,
-                      clock_steps_hz=_steps(306e6, 0.91e9, 102e6)),
-        DeviceProfile("orin-nx-0.76", "Jetson Orin NX", 0.76e9, 1024, 1.9e-26, 5.0, 0.2,
-                      clock_steps_hz=_steps(306e6, 0.76e9, 102e6)),
-        DeviceProfile("agx-xavier-1.2", "Jetson AGX Xavier", 1.2e9, 512, 7.7e-27, 5.0, 0.2,
-                      clock_steps_hz=_steps(306e6, 1.2e9, 102e6)),
+        DeviceProfile(
+            "rtx4090",
+            "NVIDIA RTX 4090",
+            2.52e9,
+            16384,
+            2.8e-26,
+            30.0,
+            3.16,
+            clock_steps_hz=_steps(210e6, 2.52e9, 15e6),
+        ),
+        DeviceProfile(
+            "agx-orin-1.3",
+            "Jetson AGX Orin",
+            1.3e9,
+            2048,
+            1.8e-26,
+            7.5,
+            0.2,
+            clock_steps_hz=_steps(306e6, 1.3e9, 102e6),
+        ),
+        DeviceProfile(
+            "agx-orin-1.0",
+            "Jetson AGX Orin",
+            1.0e9,
+            2048,
+            1.8e-26,
+            7.5,
+            0.2,
+            clock_steps_hz=_steps(306e6, 1.0e9, 102e6),
+        ),
+        DeviceProfile(
+            "orin-nx-0.91",
+            "Jetson Orin NX",
+            0.91e9,
+            1024,
+            1.9e-26,
+            5.0,
+            0.2,
+            clock_steps_hz=_steps(306e6, 0.91e9, 102e6),
+        ),
+        DeviceProfile(
+            "orin-nx-0.76",
+            "Jetson Orin NX",
+            0.76e9,
+            1024,
+            1.9e-26,
+            5.0,
+            0.2,
+            clock_steps_hz=_steps(306e6, 0.76e9, 102e6),
+        ),
+        DeviceProfile(
+            "agx-xavier-1.2",
+            "Jetson AGX Xavier",
+            1.2e9,
+            512,
+            7.7e-27,
+            5.0,
+            0.2,
+            clock_steps_hz=_steps(306e6, 1.2e9, 102e6),
+        ),
     )
 }
 DEFAULT_DEVICES: tuple[str, ...] = (  # devices 1-10 of Table II, in partition-id order
-    "agx-orin-1.3", "agx-orin-1.3", "agx-orin-1.0", "agx-orin-1.0", "orin-nx-0.91",
-    "orin-nx-0.91", "orin-nx-0.76", "orin-nx-0.76", "agx-xavier-1.2", "agx-xavier-1.2",
+    "agx-orin-1.3",
+    "agx-orin-1.3",
+    "agx-orin-1.0",
+    "agx-orin-1.0",
+    "orin-nx-0.91",
+    "orin-nx-0.91",
+    "orin-nx-0.76",
+    "orin-nx-0.76",
+    "agx-xavier-1.2",
+    "agx-xavier-1.2",
 )
 
 
@@ -112,14 +174,18 @@ class Fleet:
 
     server: str = "rtx4090"
     devices: tuple[str, ...] = DEFAULT_DEVICES
-    profiles: Mapping[str, DeviceProfile] = field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    profiles: Mapping[str, DeviceProfile] = field(
+        default_factory=lambda: dict(DEFAULT_PROFILES)
+    )
 
     def __post_init__(self) -> None:
         if not self.devices:
             raise ConfigError("a fleet needs at least one device")
         for name in (self.server, *self.devices):
             if name not in self.profiles:
-                raise ConfigError(f"unknown device profile {name!r}: known {sorted(self.profiles)}")
+                raise ConfigError(
+                    f"unknown device profile {name!r}: known {sorted(self.profiles)}"
+                )
 
     @property
     def server_profile(self) -> DeviceProfile:
@@ -143,18 +209,31 @@ class Fleet:
 _PROFILE_KEYS = {f.name for f in fields(DeviceProfile)} - {"name"}
 
 
-def _profile_from_table(name: str, table: Mapping[str, Any], base: DeviceProfile | None) -> DeviceProfile:
+def _profile_from_table(
+    name: str, table: Mapping[str, Any], base: DeviceProfile | None
+) -> DeviceProfile:
     unknown = set(table) - _PROFILE_KEYS - {"extends"}
     if unknown:
-        raise ConfigError(f"profile {name!r}: unknown keys {sorted(unknown)}; allowed {sorted(_PROFILE_KEYS)}")
+        raise ConfigError(
+            f"profile {name!r}: unknown keys {sorted(unknown)}; allowed {sorted(_PROFILE_KEYS)}"
+        )
     values = {k: v for k, v in table.items() if k != "extends"}
     if "clock_steps_hz" in values:
         values["clock_steps_hz"] = tuple(values["clock_steps_hz"])
     if base is not None:
         return replace(base, name=name, **values)
-    missing = {"hardware", "clock_hz", "cores", "kappa", "static_power_w", "tx_power_w"} - set(values)
+    missing = {
+        "hardware",
+        "clock_hz",
+        "cores",
+        "kappa",
+        "static_power_w",
+        "tx_power_w",
+    } - set(values)
     if missing:
-        raise ConfigError(f"profile {name!r}: missing keys {sorted(missing)} (or give 'extends')")
+        raise ConfigError(
+            f"profile {name!r}: missing keys {sorted(missing)} (or give 'extends')"
+        )
     return DeviceProfile(name=name, **values)
 
 
@@ -167,15 +246,21 @@ def fleet_from_dict(data: Mapping[str, Any]) -> Fleet:
     """
     unknown = set(data) - {"server", "devices", "profiles"}
     if unknown:
-        raise ConfigError(f"fleet: unknown keys {sorted(unknown)}; allowed server, devices, profiles")
+        raise ConfigError(
+            f"fleet: unknown keys {sorted(unknown)}; allowed server, devices, profiles"
+        )
     profiles = dict(DEFAULT_PROFILES)
     for name, table in dict(data.get("profiles", {})).items():
         parent = table.get("extends", name if name in profiles else None)
         if parent is not None and parent not in profiles:
             raise ConfigError(f"profile {name!r} extends unknown profile {parent!r}")
-        profiles[name] = _profile_from_table(name, table, profiles.get(parent) if parent else None)
+        profiles[name] = _profile_from_table(
+            name, table, profiles.get(parent) if parent else None
+        )
     devices: Sequence[str] = data.get("devices", DEFAULT_DEVICES)
-    return Fleet(server=data.get("server", "rtx4090"), devices=tuple(devices), profiles=profiles)
+    return Fleet(
+        server=data.get("server", "rtx4090"), devices=tuple(devices), profiles=profiles
+    )
 
 
 def load_fleet(path: str | Path | None = None) -> Fleet:

@@ -36,7 +36,9 @@ def _along(path: np.ndarray, distance_m: np.ndarray, closed: bool) -> np.ndarray
     seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
     cum = np.concatenate([[0.0], np.cumsum(seg)])
     dist = np.mod(distance_m, cum[-1]) if closed else np.clip(distance_m, 0.0, cum[-1])
-    return np.stack([np.interp(dist, cum, pts[:, 0]), np.interp(dist, cum, pts[:, 1])], axis=-1)
+    return np.stack(
+        [np.interp(dist, cum, pts[:, 0]), np.interp(dist, cum, pts[:, 1])], axis=-1
+    )
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class ManhattanGrid(Mobility):
 
     speed_kmh: float = 30.0  # paper Section V
     block_m: float = 50.0  # street spacing, [assumed] dense urban block
-    half_size_m: float = 100.0  # streets span [-h, h]^2: a UMi cell (TR 38.901 ISD 200 m)
+    half_size_m: float = (
+        100.0  # streets span [-h, h]^2: a UMi cell (TR 38.901 ISD 200 m)
+    )
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,14 +64,23 @@ class ManhattanGrid(Mobility):
             )
 
     def _route(self, rng: np.random.Generator, crossings: int) -> np.ndarray:
-        n = int(self.half_size_m // self.block_m)  # crossings at integer (i, j), |i|, |j| <= n
+        n = int(
+            self.half_size_m // self.block_m
+        )  # crossings at integer (i, j), |i|, |j| <= n
         x, y = (int(v) for v in rng.integers(-n, n + 1, size=2))
         heading = int(rng.integers(4))
         route = [(x, y)]
         for _ in range(crossings):
-            choices = [heading, (heading + 1) % 4, (heading + 3) % 4]  # straight, left, right
+            choices = [
+                heading,
+                (heading + 1) % 4,
+                (heading + 3) % 4,
+            ]  # straight, left, right
             weights = [0.5, 0.25, 0.25]
-            ok = [abs(x + _HEADINGS[h][0]) <= n and abs(y + _HEADINGS[h][1]) <= n for h in choices]
+            ok = [
+                abs(x + _HEADINGS[h][0]) <= n and abs(y + _HEADINGS[h][1]) <= n
+                for h in choices
+            ]
             if not any(ok):  # a corner reached head-on: turn back
                 choices, weights, ok = [(heading + 2) % 4], [1.0], [True]
             weights = [w if good else 0.0 for w, good in zip(weights, ok)]
@@ -81,11 +94,17 @@ class ManhattanGrid(Mobility):
         """Positions along each vehicle's random walk over the street grid."""
         times = np.asarray(times_s, dtype=float)
         travelled = times * self.speed_kmh * KMH
-        crossings = int(np.ceil((travelled.max(initial=0.0) + self.block_m) / self.block_m)) + 1
+        crossings = (
+            int(np.ceil((travelled.max(initial=0.0) + self.block_m) / self.block_m)) + 1
+        )
         out = np.empty((num_vehicles, len(times), 2))
-        for v, child in enumerate(np.random.SeedSequence(self.seed).spawn(num_vehicles)):
+        for v, child in enumerate(
+            np.random.SeedSequence(self.seed).spawn(num_vehicles)
+        ):
             rng = np.random.default_rng(child)
-            start = rng.uniform(0.0, self.block_m)  # vehicles do not all sit on a crossing at t = 0
+            start = rng.uniform(
+                0.0, self.block_m
+            )  # vehicles do not all sit on a crossing at t = 0
             # draws are sequential per vehicle, so a longer horizon keeps the earlier route
             route = self._route(rng, crossings)
             out[v] = _along(route, start + travelled, closed=False)
@@ -96,15 +115,24 @@ class ManhattanGrid(Mobility):
 class Route(Mobility):
     """Vehicles follow one closed route (waypoints in metres), evenly spaced along it."""
 
-    waypoints_m: Sequence[tuple[float, float]] = ((-150, -100), (150, -100), (150, 100), (-150, 100))
+    waypoints_m: Sequence[tuple[float, float]] = (
+        (-150, -100),
+        (150, -100),
+        (150, 100),
+        (-150, 100),
+    )
     speed_kmh: float = 30.0
 
     def positions(self, num_vehicles: int, times_s: np.ndarray) -> np.ndarray:
         """Positions along the loop; vehicle ``v`` starts ``v / num_vehicles`` of the way round."""
         path = np.asarray(self.waypoints_m, dtype=float)
         if path.ndim != 2 or path.shape[1] != 2 or len(path) < 2:
-            raise ConfigError(f"waypoints_m must be >= 2 (x, y) pairs, got {self.waypoints_m!r}")
-        length = np.linalg.norm(np.diff(np.vstack([path, path[:1]]), axis=0), axis=1).sum()
+            raise ConfigError(
+                f"waypoints_m must be >= 2 (x, y) pairs, got {self.waypoints_m!r}"
+            )
+        length = np.linalg.norm(
+            np.diff(np.vstack([path, path[:1]]), axis=0), axis=1
+        ).sum()
         starts = np.arange(num_vehicles)[:, None] * length / num_vehicles
         travelled = np.asarray(times_s, dtype=float)[None, :] * self.speed_kmh * KMH
         return _along(path, starts + travelled, closed=True)

@@ -27,7 +27,9 @@ def evaluate_lm(
     loss_sum = correct = agree = tokens = 0.0
     for batch in batches:
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]  # (B, T-1, V)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[
+            :, :-1
+        ]  # (B, T-1, V)
         targets = input_ids[:, 1:]  # (B, T-1)
         keep = mask[:, 1:].bool() & mask[:, :-1].bool()  # a target exists and is real
         logits_kept = logits[keep].float()  # (N, V)
@@ -36,7 +38,9 @@ def evaluate_lm(
         prediction = logits_kept.argmax(-1)
         correct += (prediction == targets_kept).sum().item()
         if teacher is not None:
-            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask).logits[
+                :, :-1
+            ]
             agree += (teacher_logits[keep].argmax(-1) == prediction).sum().item()
         tokens += keep.sum().item()
     model.train(was_training)
@@ -45,7 +49,9 @@ def evaluate_lm(
     loss = loss_sum / tokens
     metrics = {
         "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),  # exp overflows past ~709; 50 is already absurd
+        "perplexity": math.exp(
+            min(loss, 50.0)
+        ),  # exp overflows past ~709; 50 is already absurd
         "accuracy": correct / tokens,
         "tokens": tokens,
     }

@@ -9,7 +9,12 @@ import torch
 from transformers import PreTrainedModel
 
 from splitkd_flwr.errors import ModelError
-from splitkd_flwr.split.partition import ServerPart, device_param_names, partition, server_param_names
+from splitkd_flwr.split.partition import (
+    ServerPart,
+    device_param_names,
+    partition,
+    server_param_names,
+)
 from splitkd_flwr.split.step import LossFn, ServerStepResult, Smashed, server_step
 
 
@@ -25,12 +30,18 @@ class SplitServer:
     """
 
     def __init__(
-        self, teacher: PreTrainedModel, student: PreTrainedModel, loss_fn: LossFn, lr: float
+        self,
+        teacher: PreTrainedModel,
+        student: PreTrainedModel,
+        loss_fn: LossFn,
+        lr: float,
     ) -> None:
         self.teacher = teacher
         self.student = student
         self.loss_fn = loss_fn
-        partition(teacher, student, 1)  # checks the pair, unties the student, freezes the teacher
+        partition(
+            teacher, student, 1
+        )  # checks the pair, unties the student, freezes the teacher
         self.optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
         self.cut_layer: int | None = None
         self._part: ServerPart | None = None
@@ -39,7 +50,10 @@ class SplitServer:
     def device_state(self, cut_layer: int) -> dict[str, torch.Tensor]:
         """The student tensors a device needs for ``cut_layer`` (embeddings, blocks below it)."""
         state = self.student.state_dict()
-        return {name: state[name].detach().clone() for name in device_param_names(self.student, cut_layer)}
+        return {
+            name: state[name].detach().clone()
+            for name in device_param_names(self.student, cut_layer)
+        }
 
     def begin_round(self, cut_layer: int) -> None:
         """Snapshot what the round may change, and build the server part at ``cut_layer``."""
@@ -63,7 +77,9 @@ class SplitServer:
             raise ModelError("SplitServer.step called outside a round")
         return server_step(self._part, smashed, self.optimizer, self.loss_fn)
 
-    def commit(self, cut_layer: int, device_weights: Mapping[str, torch.Tensor]) -> None:
+    def commit(
+        self, cut_layer: int, device_weights: Mapping[str, torch.Tensor]
+    ) -> None:
         """Load the device's updated weights into the global student and end the round.
 
         Raises ``ModelError`` (and changes nothing) if the weights are not exactly the

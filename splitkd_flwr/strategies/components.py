@@ -44,5 +44,7 @@ def load_component(
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"cannot load {base.__name__} {spec!r}: {err}") from err
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(f"{spec!r} is not a subclass of {base.__module__}.{base.__name__}")
+        raise ConfigError(
+            f"{spec!r} is not a subclass of {base.__module__}.{base.__name__}"
+        )
     return cls(*args, **kwargs)

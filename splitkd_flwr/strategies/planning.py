@@ -25,8 +25,12 @@ class Plan:
 
     cut_layer: int
     server_clock_hz: float | None = None  # None: leave the clock alone
-    feasible: bool = True  # False: no plan met the delay bound; this one has the least delay
-    modelled: dict[str, float] = field(default_factory=dict)  # e.g. delay_s, energy_j per part
+    feasible: bool = (
+        True  # False: no plan met the delay bound; this one has the least delay
+    )
+    modelled: dict[str, float] = field(
+        default_factory=dict
+    )  # e.g. delay_s, energy_j per part
 
 
 class Planner(ABC):
@@ -64,19 +68,32 @@ class ModelledPlanner(Planner):
     """
 
     def __init__(
-        self, workload: Workload, cut_layer: int = 1, delay_bound_s: float | None = None, *,
-        fleet: Fleet | str | Path | None = None, attention_factor: float = 1.0,
+        self,
+        workload: Workload,
+        cut_layer: int = 1,
+        delay_bound_s: float | None = None,
+        *,
+        fleet: Fleet | str | Path | None = None,
+        attention_factor: float = 1.0,
     ) -> None:
         super().__init__(workload, cut_layer, delay_bound_s)
         if delay_bound_s is not None and not delay_bound_s > 0:
-            raise ConfigError(f"delay-bound-s must be > 0 or unset, got {delay_bound_s}")
+            raise ConfigError(
+                f"delay-bound-s must be > 0 or unset, got {delay_bound_s}"
+            )
         self.fleet = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
         self.server = self.fleet.server_profile
         self.cost = CostModel(workload, self.server, attention_factor)
         self.clock_steps_hz = np.asarray(self.server.clock_steps_hz)  # (K,) ascending
 
-    def _links(self, devices: Sequence[DeviceState]) -> tuple[DeviceArrays, np.ndarray, np.ndarray]:
-        missing = [d.partition_id for d in devices if d.uplink_bps is None or d.downlink_bps is None]
+    def _links(
+        self, devices: Sequence[DeviceState]
+    ) -> tuple[DeviceArrays, np.ndarray, np.ndarray]:
+        missing = [
+            d.partition_id
+            for d in devices
+            if d.uplink_bps is None or d.downlink_bps is None
+        ]
         if missing:
             raise ConfigError(
                 f"{type(self).__name__} needs uplink_bps and downlink_bps; devices {missing} lack them"
@@ -86,21 +103,30 @@ class ModelledPlanner(Planner):
         down = np.array([d.downlink_bps for d in devices], dtype=float)
         return DeviceArrays.of(profiles), up, down
 
-    def _fixed_cut(self, device: DeviceState, cut_layer: int, clock_hz: float | None) -> Plan:
+    def _fixed_cut(
+        self, device: DeviceState, cut_layer: int, clock_hz: float | None
+    ) -> Plan:
         """Plan ``cut_layer`` with its modelled cost at ``clock_hz`` (None: the server's top clock)."""
         arrays, up, down = self._links([device])
         clock = self.server.clock_hz if clock_hz is None else clock_hz
         cost = self.cost.evaluate(arrays, up, down, [[[clock]]], [[[cut_layer - 1]]])
         modelled = cost.record((0, 0, 0))
         bound = self.delay_bound_s
-        return Plan(cut_layer, clock_hz, bound is None or modelled["delay_s"] <= bound, modelled)
+        return Plan(
+            cut_layer, clock_hz, bound is None or modelled["delay_s"] <= bound, modelled
+        )
 
 
 class Fixed(ModelledPlanner):
     """The configured ``cut-layer`` every round; the server clock is left alone."""
 
-    def __init__(self, workload: Workload, cut_layer: int = 1, delay_bound_s: float | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        cut_layer: int = 1,
+        delay_bound_s: float | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(workload, cut_layer, delay_bound_s, **options)
         if not 1 <= cut_layer <= workload.num_student_layers - 1:
             raise ConfigError(
@@ -146,7 +172,10 @@ class EnergyOptimal(ModelledPlanner):
         return self.plan_many([device], server_round)[0]
 
     def plan_many(
-        self, devices: Sequence[DeviceState], server_round: int, warn: bool = True,
+        self,
+        devices: Sequence[DeviceState],
+        server_round: int,
+        warn: bool = True,
         delay_bounds_s: Sequence[float] | None = None,
     ) -> list[Plan]:
         """Plan every device of ``devices`` in one vectorised pass.
@@ -157,22 +186,35 @@ class EnergyOptimal(ModelledPlanner):
         arrays, up, down = self._links(devices)
         steps = self.clock_steps_hz
         cost = self.cost
-        base = cost.evaluate(arrays, up, down, steps[-1:])  # (D, C, 1) clock-independent parts
+        base = cost.evaluate(
+            arrays, up, down, steps[-1:]
+        )  # (D, C, 1) clock-independent parts
         fixed_s = (base.delay_s - base.server_compute_s)[..., 0]  # (D, C)
         if delay_bounds_s is None:
-            delay_bounds_s = [np.inf if self.delay_bound_s is None else self.delay_bound_s] * len(devices)
+            delay_bounds_s = [
+                np.inf if self.delay_bound_s is None else self.delay_bound_s
+            ] * len(devices)
         bound = np.asarray(delay_bounds_s, dtype=float)[:, None]  # (D, 1)
         slack_s = bound - fixed_s
         with np.errstate(divide="ignore", invalid="ignore"):
-            f_req = np.where(slack_s > 0, cost.server_cycles / slack_s, np.inf)  # (D, C)
+            f_req = np.where(
+                slack_s > 0, cost.server_cycles / slack_s, np.inf
+            )  # (D, C)
         target = np.maximum(f_req, self.server.energy_optimal_clock_hz)
         hi = np.searchsorted(steps, target)  # first step >= target; K when none
         cand = np.stack([hi - 1, hi, hi + 1], axis=-1)  # (D, C, 3)
         valid = (cand >= 0) & (cand < len(steps))
-        grid = cost.evaluate(arrays, up, down, steps[np.clip(cand, 0, len(steps) - 1)],
-                             np.arange(cost.num_cuts)[None, :, None])
+        grid = cost.evaluate(
+            arrays,
+            up,
+            down,
+            steps[np.clip(cand, 0, len(steps) - 1)],
+            np.arange(cost.num_cuts)[None, :, None],
+        )
         ok = valid & (grid.delay_s <= bound[..., None])
-        energy = np.where(ok, grid.energy_j, np.inf).reshape(len(devices), -1)  # (D, C*3)
+        energy = np.where(ok, grid.energy_j, np.inf).reshape(
+            len(devices), -1
+        )  # (D, C*3)
         best = energy.argmin(axis=1)
         plans = []
         for d, state in enumerate(devices):
@@ -182,15 +224,29 @@ class EnergyOptimal(ModelledPlanner):
                 continue
             cut = int(np.argmin(base.delay_s[d, :, 0]))  # top clock is the fastest
             if warn:
-                log(WARNING, "round %s: no plan for node %s meets the delay bound %.3g s; least "
-                    "delay %.3g s at cut %s", server_round, state.node_id, bound[d, 0],
-                    base.delay_s[d, cut, 0], cut + 1)
+                log(
+                    WARNING,
+                    "round %s: no plan for node %s meets the delay bound %.3g s; least "
+                    "delay %.3g s at cut %s",
+                    server_round,
+                    state.node_id,
+                    bound[d, 0],
+                    base.delay_s[d, cut, 0],
+                    cut + 1,
+                )
             plans.append(self._to_plan(base, (d, cut, 0), False))
         return plans
 
-    def _to_plan(self, cost: RoundCost, index: tuple[int, int, int], feasible: bool) -> Plan:
+    def _to_plan(
+        self, cost: RoundCost, index: tuple[int, int, int], feasible: bool
+    ) -> Plan:
         modelled = cost.record(index)
-        return Plan(int(self.cost.cuts[index[1]]), modelled["server_clock_hz"], feasible, modelled)
+        return Plan(
+            int(self.cost.cuts[index[1]]),
+            modelled["server_clock_hz"],
+            feasible,
+            modelled,
+        )
 
 
 PLANNERS: dict[str, type[Planner]] = {
@@ -202,10 +258,19 @@ PLANNERS: dict[str, type[Planner]] = {
 
 
 def load_planner(
-    spec: str, workload: Workload, cut_layer: int = 1, delay_bound_s: float | None = None,
+    spec: str,
+    workload: Workload,
+    cut_layer: int = 1,
+    delay_bound_s: float | None = None,
     **options: Any,
 ) -> Planner:
     """Build a planner from a registered name or a dotted path; ``options`` go to its constructor."""
     return load_component(
-        spec, Planner, PLANNERS, workload, cut_layer=cut_layer, delay_bound_s=delay_bound_s, **options
+        spec,
+        Planner,
+        PLANNERS,
+        workload,
+        cut_layer=cut_layer,
+        delay_bound_s=delay_bound_s,
+        **options,
     )

@@ -58,9 +58,11 @@ class BestChannel(Selector):
 
     def select(self, devices: Sequence[DeviceState], server_round: int) -> DeviceState:
         """Return the device with the best uplink."""
+
         def key(d: DeviceState) -> tuple[float, int, int, int]:
             rate = -math.inf if d.uplink_bps is None else d.uplink_bps
             return (-rate, d.rounds_trained, *_by_id(d))
+
         return min(devices, key=key)
 
 
@@ -75,15 +77,27 @@ class EnergyAware(Selector):
 
     def select(self, devices: Sequence[DeviceState], server_round: int) -> DeviceState:
         """Return the device with the most budget left."""
+
         def left(d: DeviceState) -> float:
             if d.energy_budget_j is None:
                 return 1.0
-            return 1.0 - d.energy_used_j / d.energy_budget_j if d.energy_budget_j > 0 else -math.inf
+            return (
+                1.0 - d.energy_used_j / d.energy_budget_j
+                if d.energy_budget_j > 0
+                else -math.inf
+            )
 
-        best = min(devices, key=lambda d: (-left(d), d.rounds_trained, d.energy_used_j, *_by_id(d)))
+        best = min(
+            devices,
+            key=lambda d: (-left(d), d.rounds_trained, d.energy_used_j, *_by_id(d)),
+        )
         if left(best) <= 0:
-            log(WARNING, "round %s: every device has spent its energy budget; selecting node %s",
-                server_round, best.node_id)
+            log(
+                WARNING,
+                "round %s: every device has spent its energy budget; selecting node %s",
+                server_round,
+                best.node_id,
+            )
         return best
 
 

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from splitkd_flwr import protocol
 from splitkd_flwr.assets import DeviceAssets
 from splitkd_flwr.config import RunConfig
+from splitkd_flwr.dataplane import DataPlane, RoundInProgress
 from splitkd_flwr.errors import RoundFailedError, SplitKDError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.report import MetricsLog
@@ -24,11 +25,12 @@ from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.strategies.planning import Plan, Planner
 from splitkd_flwr.strategies.selection import Selector
 from splitkd_flwr.strategies.types import DeviceState
-from splitkd_flwr.dataplane import DataPlane, RoundInProgress
 
 _POLL_S = 0.05  # how often the loop checks for the device's reply while a round streams
 
-LinkFn = Callable[[DeviceState, int], DeviceState]  # fills in a device's link for a round
+LinkFn = Callable[
+    [DeviceState, int], DeviceState
+]  # fills in a device's link for a round
 EvalFn = Callable[[], dict[str, float]]
 
 
@@ -82,15 +84,27 @@ class SplitKD(Strategy):
         self.link_fn = link_fn
         self.monitor = monitor or HardwareMonitor.from_config("none", "none")
         self.nodes: dict[int, _Node] = {}
-        self._usage: dict[int, tuple[float, int]] = {}  # node -> (modelled device J, rounds)
+        self._usage: dict[
+            int, tuple[float, int]
+        ] = {}  # node -> (modelled device J, rounds)
         self._round: RoundInProgress | None = None
         self._selected: DeviceState | None = None
         self._plan: Plan | None = None
 
     def summary(self) -> None:
         """Log the strategy's set-up."""
-        log(INFO, "SplitKD: selector=%s planner=%s", self.config.selector, self.config.planner)
-        log(INFO, "\tdata plane %s, wire %s", self.data_plane.address, self.config.wire_dtype)
+        log(
+            INFO,
+            "SplitKD: selector=%s planner=%s",
+            self.config.selector,
+            self.config.planner,
+        )
+        log(
+            INFO,
+            "\tdata plane %s, wire %s",
+            self.data_plane.address,
+            self.config.wire_dtype,
+        )
 
     # --- devices ------------------------------------------------------------------
 
@@ -103,13 +117,19 @@ class SplitKD(Strategy):
         new = sorted(node_ids - set(self.nodes))
         if new:
             queries = [
-                Message(RecordDict(), dst_node_id=n, message_type=protocol.QUERY_PROFILE)
+                Message(
+                    RecordDict(), dst_node_id=n, message_type=protocol.QUERY_PROFILE
+                )
                 for n in new
             ]
             for reply in grid.send_and_receive(queries, timeout=timeout_s):
                 if reply.has_error():
-                    log(WARNING, "node %s failed to report its profile: %s",
-                        reply.metadata.src_node_id, reply.error.reason)
+                    log(
+                        WARNING,
+                        "node %s failed to report its profile: %s",
+                        reply.metadata.src_node_id,
+                        reply.error.reason,
+                    )
                     continue
                 profile = reply.content[protocol.PROFILE]
                 node_id = reply.metadata.src_node_id
@@ -121,11 +141,15 @@ class SplitKD(Strategy):
                     ),
                     str(profile["assets-key"]),
                 )
-        stale = [n for n, node in self.nodes.items() if node.assets_key != self.assets.key]
+        stale = [
+            n for n, node in self.nodes.items() if node.assets_key != self.assets.key
+        ]
         if stale:
             content = RecordDict(
-                {protocol.ASSETS: self.assets.config,
-                 protocol.TEACHER_EMBEDDING: self.assets.teacher_embedding}
+                {
+                    protocol.ASSETS: self.assets.config,
+                    protocol.TEACHER_EMBEDDING: self.assets.teacher_embedding,
+                }
             )
             messages = [
                 Message(content, dst_node_id=n, message_type=protocol.QUERY_PROVISION)
@@ -134,11 +158,20 @@ class SplitKD(Strategy):
             for reply in grid.send_and_receive(messages, timeout=timeout_s):
                 node_id = reply.metadata.src_node_id
                 if reply.has_error():
-                    log(WARNING, "provisioning node %s failed: %s", node_id, reply.error.reason)
+                    log(
+                        WARNING,
+                        "provisioning node %s failed: %s",
+                        node_id,
+                        reply.error.reason,
+                    )
                     self.nodes.pop(node_id, None)
                 else:
                     self.nodes[node_id].assets_key = self.assets.key
-        return [node.state for node in self.nodes.values() if node.assets_key == self.assets.key]
+        return [
+            node.state
+            for node in self.nodes.values()
+            if node.assets_key == self.assets.key
+        ]
 
     # --- Strategy API -----------------------------------------------------------
 
@@ -161,7 +194,9 @@ class SplitKD(Strategy):
         if plan.server_clock_hz is not None:
             self.monitor.apply_clock(plan.server_clock_hz)
         token = secrets.token_urlsafe(24)
-        self._round = self.data_plane.open_round(token, self.server, plan.cut_layer, self.monitor)
+        self._round = self.data_plane.open_round(
+            token, self.server, plan.cut_layer, self.monitor
+        )
         self._selected, self._plan = device, plan
         round_plan = protocol.RoundPlan(
             server_round=server_round,
@@ -181,10 +216,14 @@ class SplitKD(Strategy):
         content = RecordDict(
             {
                 protocol.PLAN: round_plan.to_record(),
-                protocol.DEVICE_WEIGHTS: ArrayRecord(self.server.device_state(plan.cut_layer)),
+                protocol.DEVICE_WEIGHTS: ArrayRecord(
+                    self.server.device_state(plan.cut_layer)
+                ),
             }
         )
-        return [Message(content, dst_node_id=device.node_id, message_type=protocol.TRAIN)]
+        return [
+            Message(content, dst_node_id=device.node_id, message_type=protocol.TRAIN)
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -215,14 +254,22 @@ class SplitKD(Strategy):
         if device is None:
             return
         used, rounds = self._usage.get(device.node_id, (0.0, 0))
-        spent = plan.modelled.get("device_compute_j", 0.0) + plan.modelled.get("device_tx_j", 0.0)
+        spent = plan.modelled.get("device_compute_j", 0.0) + plan.modelled.get(
+            "device_tx_j", 0.0
+        )
         self._usage[device.node_id] = (used + spent, rounds + 1)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Deploy the whole student to every provisioned device and ask for its metrics."""
-        config = ConfigRecord({**dict(config), "seq-len": self.config.seq_len, "batch-size": self.config.batch_size})
+        config = ConfigRecord(
+            {
+                **dict(config),
+                "seq-len": self.config.seq_len,
+                "batch-size": self.config.batch_size,
+            }
+        )
         content = RecordDict({protocol.STUDENT: arrays, protocol.EVAL_CONFIG: config})
         return [
             Message(content, dst_node_id=n, message_type=protocol.EVALUATE)
@@ -239,7 +286,9 @@ class SplitKD(Strategy):
         if total == 0:
             return None
         keys = [k for k in good[0] if k != "tokens"]
-        mean = {k: sum(float(m[k]) * float(m["tokens"]) for m in good) / total for k in keys}
+        mean = {
+            k: sum(float(m[k]) * float(m["tokens"]) for m in good) / total for k in keys
+        }
         return MetricRecord({**mean, "tokens": total, "devices": len(good)})
 
     # --- the loop -----------------------------------------------------------------
@@ -263,14 +312,21 @@ class SplitKD(Strategy):
             self.refresh_nodes(grid, timeout)
             record: dict[str, Any] = {"round": server_round}
             try:
-                messages = list(self.configure_train(server_round, ArrayRecord(), config, grid))
+                messages = list(
+                    self.configure_train(server_round, ArrayRecord(), config, grid)
+                )
                 record.update(self._describe(server_round))
                 replies = self._await_reply(grid, messages[0], timeout)
                 _, metrics = self.aggregate_train(server_round, replies)
                 record.update({"status": "ok", **dict(metrics or {})})
                 result.train_metrics_clientapp[server_round] = metrics
             except SplitKDError as err:
-                log(WARNING, "round %s failed and was rolled back: %s", server_round, err)
+                log(
+                    WARNING,
+                    "round %s failed and was rolled back: %s",
+                    server_round,
+                    err,
+                )
                 record.update({"status": "rolled-back", "error": str(err)})
             record["measured-round-s"] = time.monotonic() - started
             if "measured-device-round-s" in record:
@@ -282,12 +338,24 @@ class SplitKD(Strategy):
             record.update(self.monitor.metrics())
             record.update({f"eval-{k}": v for k, v in self.evaluate_fn().items()})
             self.metrics_log.append(record)
-            log(INFO, "round %s/%s: %s", server_round, num_rounds, _progress_line(record))
+            log(
+                INFO,
+                "round %s/%s: %s",
+                server_round,
+                num_rounds,
+                _progress_line(record),
+            )
         final = ArrayRecord(self.server.student.state_dict())
         result.arrays = final
-        deploy = list(self.configure_evaluate(num_rounds, final, evaluate_config or ConfigRecord(), grid))
+        deploy = list(
+            self.configure_evaluate(
+                num_rounds, final, evaluate_config or ConfigRecord(), grid
+            )
+        )
         if deploy:
-            deployed = self.aggregate_evaluate(num_rounds, grid.send_and_receive(deploy, timeout=timeout))
+            deployed = self.aggregate_evaluate(
+                num_rounds, grid.send_and_receive(deploy, timeout=timeout)
+            )
             if deployed is not None:
                 result.evaluate_metrics_clientapp[num_rounds] = deployed
         return result
@@ -300,7 +368,10 @@ class SplitKD(Strategy):
             "device": self._selected.profile_name,
             "cut-layer": self._plan.cut_layer,
             "plan-feasible": self._plan.feasible,
-            **{f"modelled-{k.replace('_', '-')}": v for k, v in self._plan.modelled.items()},
+            **{
+                f"modelled-{k.replace('_', '-')}": v
+                for k, v in self._plan.modelled.items()
+            },
         }
         if self._plan.server_clock_hz is not None:
             described["planned-server-clock-hz"] = self._plan.server_clock_hz
@@ -308,7 +379,9 @@ class SplitKD(Strategy):
             described["modelled-uplink-bps"] = self._selected.uplink_bps
         return described
 
-    def _await_reply(self, grid: Grid, message: Message, timeout: float) -> list[Message]:
+    def _await_reply(
+        self, grid: Grid, message: Message, timeout: float
+    ) -> list[Message]:
         """Wait for the device's reply, but give up as soon as its stream has failed."""
         assert self._round is not None
         (message_id,) = grid.push_messages([message])
@@ -325,8 +398,12 @@ class SplitKD(Strategy):
 
 def _progress_line(record: Mapping[str, Any]) -> str:
     parts = [f"{record.get('status')}"]
-    for key, fmt in (("partition-id", "vehicle %s"), ("cut-layer", "cut %s"),
-                     ("train-loss", "loss %.3f"), ("eval-perplexity", "eval ppl %.2f")):
+    for key, fmt in (
+        ("partition-id", "vehicle %s"),
+        ("cut-layer", "cut %s"),
+        ("train-loss", "loss %.3f"),
+        ("eval-perplexity", "eval ppl %.2f"),
+    ):
         if record.get(key) is not None:
             parts.append(fmt % record[key])
     return ", ".join(parts)

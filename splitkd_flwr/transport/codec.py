@@ -126,7 +126,9 @@ def encode_frame(
     except (TypeError, ValueError) as err:
         raise TransportError(f"frame meta must be finite JSON scalars: {err}") from err
     if len(meta) > MAX_META_BYTES:
-        raise TransportError(f"frame meta of {len(meta)} bytes exceeds {MAX_META_BYTES}")
+        raise TransportError(
+            f"frame meta of {len(meta)} bytes exceeds {MAX_META_BYTES}"
+        )
     head = [_FIXED.pack(MAGIC, VERSION, 0, len(frame.tensors), len(meta)), meta]
     payloads = []
     for name, t in frame.tensors.items():
@@ -135,9 +137,13 @@ def encode_frame(
             raise TransportError(f"tensor name {name!r} must be 1..255 UTF-8 bytes")
         if t.dtype not in _DTYPE_TO_CODE:
             allowed = sorted(str(d) for d in _DTYPE_TO_CODE)
-            raise TransportError(f"tensor {name!r} has dtype {t.dtype}; allowed: {allowed}")
+            raise TransportError(
+                f"tensor {name!r} has dtype {t.dtype}; allowed: {allowed}"
+            )
         if t.dim() > MAX_NDIM:
-            raise TransportError(f"tensor {name!r} has {t.dim()} dims; at most {MAX_NDIM}")
+            raise TransportError(
+                f"tensor {name!r} has {t.dim()} dims; at most {MAX_NDIM}"
+            )
         wire, data = _payload(name, t, wire_dtype, check_finite)
         nbytes = data.numel() * data.element_size()
         head += [
@@ -185,7 +191,9 @@ class _Reader:
         return st.unpack(self.take(st.size, what))
 
 
-def _wire_nbytes(name: str, shape: tuple[int, ...], dtype: torch.dtype, wire: int) -> int:
+def _wire_nbytes(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, wire: int
+) -> int:
     numel = math.prod(shape)
     if wire == _INT8_PER_CHANNEL:
         if not dtype.is_floating_point or not shape or numel == 0:
@@ -215,9 +223,13 @@ def _tensor_at(
         if wire == _INT8_PER_CHANNEL:
             c = shape[-1]
             scale = torch.frombuffer(buf, dtype=torch.float32, count=c, offset=offset)
-            q = torch.frombuffer(buf, dtype=torch.int8, count=numel, offset=offset + 4 * c)
+            q = torch.frombuffer(
+                buf, dtype=torch.int8, count=numel, offset=offset + 4 * c
+            )
             return (q.view(-1, c).float() * scale).to(dtype).view(shape)  # (N, C)
-        raw = torch.frombuffer(buf, dtype=_CODE_TO_DTYPE[wire], count=numel, offset=offset)
+        raw = torch.frombuffer(
+            buf, dtype=_CODE_TO_DTYPE[wire], count=numel, offset=offset
+        )
     if raw.dtype != dtype:
         return raw.to(dtype).view(shape)
     return (raw.clone() if buf.readonly else raw).view(shape)
@@ -320,7 +332,9 @@ def _decode_meta(raw: memoryview) -> dict[str, Scalar]:
         meta = json.loads(bytes(raw), parse_constant=_reject_constant) if raw else {}
     except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
         raise _fail(f"meta is not valid JSON: {err}") from err
-    if not isinstance(meta, dict) or any(isinstance(v, dict | list) for v in meta.values()):
+    if not isinstance(meta, dict) or any(
+        isinstance(v, dict | list) for v in meta.values()
+    ):
         raise _fail("meta must be a JSON object of scalars")
     return meta
 

@@ -65,9 +65,15 @@ class DeviceSession:
         spec: Mapping[str, TensorSpec] | None = None,
     ) -> None:
         if wire_dtype not in WIRE_DTYPES:
-            raise TransportError(f"wire_dtype={wire_dtype!r} is not one of {WIRE_DTYPES}")
+            raise TransportError(
+                f"wire_dtype={wire_dtype!r} is not one of {WIRE_DTYPES}"
+            )
         self.address, self.timeout_s = address, timeout_s
-        self.wire_dtype, self.max_frame_bytes, self.spec = wire_dtype, max_frame_bytes, spec
+        self.wire_dtype, self.max_frame_bytes, self.spec = (
+            wire_dtype,
+            max_frame_bytes,
+            spec,
+        )
         self.frames = self.bytes_up = self.bytes_down = 0
         self.exchange_s = 0.0  # wall time inside exchange(), codec included
         self._closed = False
@@ -76,7 +82,9 @@ class DeviceSession:
             self._channel = grpc.insecure_channel(address, options=options)
         else:
             options += tls.channel_options()
-            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
+            self._channel = grpc.secure_channel(
+                address, tls.credentials(), options=options
+            )
         self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._responses: queue.SimpleQueue[object] = queue.SimpleQueue()
         ready = grpc.channel_ready_future(self._channel)
@@ -90,7 +98,9 @@ class DeviceSession:
             ) from None
         call = self._channel.stream_stream(wire.METHOD)
         self._call = call(self._request_stream(), metadata=((wire.TOKEN_KEY, token),))
-        self._reader = threading.Thread(target=self._read, name="splitkd-dataplane-reader")
+        self._reader = threading.Thread(
+            target=self._read, name="splitkd-dataplane-reader"
+        )
         self._reader.start()
         try:
             if self._next(time.monotonic() + timeout_s) != wire.ACCEPT:

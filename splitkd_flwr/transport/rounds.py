@@ -86,7 +86,9 @@ class RoundHandle:
 
     def close(self) -> None:
         """End the round (an error if the device had not closed it) and revoke its token."""
-        self.fail(TransportError("round closed by the server before the device closed it"))
+        self.fail(
+            TransportError("round closed by the server before the device closed it")
+        )
         self._idle.wait()
 
     def attach(self, context: grpc.ServicerContext) -> None:

@@ -99,7 +99,11 @@ class DataPlaneServer:
             self.port = self._server.add_secure_port(bind, self.tls.credentials())
         self._server.start()
         address = f"{self.host}:{self.port}"
-        log.info("data plane listening on %s (%s)", address, "TLS" if self.tls else "insecure")
+        log.info(
+            "data plane listening on %s (%s)",
+            address,
+            "TLS" if self.tls else "insecure",
+        )
         return address
 
     def open_round(
@@ -125,9 +129,13 @@ class DataPlaneServer:
             Wire dtype of the down frames (``WIRE_DTYPES``).
         """
         if len(token) < MIN_TOKEN_CHARS:
-            raise TransportError(f"round token must have >= {MIN_TOKEN_CHARS} characters")
+            raise TransportError(
+                f"round token must have >= {MIN_TOKEN_CHARS} characters"
+            )
         if wire_dtype not in WIRE_DTYPES:
-            raise TransportError(f"wire_dtype={wire_dtype!r} is not one of {WIRE_DTYPES}")
+            raise TransportError(
+                f"wire_dtype={wire_dtype!r} is not one of {WIRE_DTYPES}"
+            )
         handle = RoundHandle(token, on_frame, spec, wire_dtype, self._forget)
         with self._lock:
             if token in self._used or token in self._open or token in self._live:
@@ -171,7 +179,9 @@ class DataPlaneServer:
                 return "round token already used"
             return "unknown round token"
 
-    def _serve(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _serve(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         token = dict(context.invocation_metadata() or ()).get(wire.TOKEN_KEY, "")
         handle = self._claim(token)
         if isinstance(handle, str):
@@ -186,21 +196,36 @@ class DataPlaneServer:
             yield from self._frames(handle, requests, idle)
         except (grpc.RpcError, _StreamEnded):  # gRPC reports a lost peer either way
             if idle.timed_out:
-                reason = f"device silent for more than idle_timeout_s={self.idle_timeout_s}"
+                reason = (
+                    f"device silent for more than idle_timeout_s={self.idle_timeout_s}"
+                )
             else:
                 reason = "device disconnected before closing the round"
             if handle.finish(TransportError(reason)):
-                log.warning("data-plane round from %s failed: %s", handle.stats.peer, reason)
+                log.warning(
+                    "data-plane round from %s failed: %s", handle.stats.peer, reason
+                )
         except CallbackError as err:
-            self._end(handle, context, err.__cause__, f"server callback failed: {err.__cause__!r}")
+            self._end(
+                handle,
+                context,
+                err.__cause__,
+                f"server callback failed: {err.__cause__!r}",
+            )
         except TransportError as err:
             self._end(handle, context, err, str(err))
         finally:
-            handle.finish(TransportError("the stream handler stopped"))  # no-op if ended
+            handle.finish(
+                TransportError("the stream handler stopped")
+            )  # no-op if ended
             watchdog.join()
 
     def _end(
-        self, handle: RoundHandle, context: grpc.ServicerContext, error: BaseException, msg: str
+        self,
+        handle: RoundHandle,
+        context: grpc.ServicerContext,
+        error: BaseException,
+        msg: str,
     ) -> None:
         if handle.finish(error):
             log.warning("data-plane round from %s failed: %s", handle.stats.peer, msg)
@@ -226,7 +251,9 @@ class DataPlaneServer:
                 continue
             idle.waiting_since = None  # the server is busy, not the device
             start = time.perf_counter()
-            frame = decode_frame(buf, max_frame_bytes=self.max_frame_bytes, spec=handle.spec)
+            frame = decode_frame(
+                buf, max_frame_bytes=self.max_frame_bytes, spec=handle.spec
+            )
             decoded = time.perf_counter()
             out = handle.call(frame)
             answered = time.perf_counter()
@@ -236,11 +263,15 @@ class DataPlaneServer:
             stats.frames += 1
             stats.bytes_up += len(buf)
             stats.bytes_down += encoded_nbytes(parts)
-            idle.waiting_since = time.monotonic()  # a device that stops reading idles out
+            idle.waiting_since = (
+                time.monotonic()
+            )  # a device that stops reading idles out
             yield from wire.chunk_frame(parts)
         raise _StreamEnded()
 
-    def _watch(self, handle: RoundHandle, context: grpc.ServicerContext, idle: _Idle) -> None:
+    def _watch(
+        self, handle: RoundHandle, context: grpc.ServicerContext, idle: _Idle
+    ) -> None:
         tick_s = min(0.25, self.idle_timeout_s / 5)
         while not handle.wait_done(tick_s):
             since = idle.waiting_since

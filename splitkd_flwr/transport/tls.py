@@ -37,7 +37,9 @@ class DeviceTLS:
     server_name: str | None = None
 
     @classmethod
-    def from_file(cls, root_certfile: str | Path, server_name: str | None = None) -> DeviceTLS:
+    def from_file(
+        cls, root_certfile: str | Path, server_name: str | None = None
+    ) -> DeviceTLS:
         """Read a PEM file, e.g. the one a SuperNode gets as ``--root-certificates``."""
         return cls(Path(root_certfile).read_bytes(), server_name)
 

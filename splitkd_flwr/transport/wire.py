@@ -75,7 +75,9 @@ class Reassembler:
     def add(self, msg: bytes) -> memoryview | None:
         """Add one DATA message; return the frame once its last chunk arrived."""
         if len(msg) < _HEAD_BYTES:
-            raise TransportError(f"malformed chunk: {len(msg)} bytes, header needs {_HEAD_BYTES}")
+            raise TransportError(
+                f"malformed chunk: {len(msg)} bytes, header needs {_HEAD_BYTES}"
+            )
         total, offset = _CHUNK_HEAD.unpack_from(msg, 1)
         if self._buf is None:
             if total > self.max_frame_bytes:
@@ -84,7 +86,9 @@ class Reassembler:
                     f"max_frame_bytes={self.max_frame_bytes}"
                 )
             if total == 0 or offset != 0:
-                raise TransportError(f"malformed chunk: frame of {total} bytes at offset {offset}")
+                raise TransportError(
+                    f"malformed chunk: frame of {total} bytes at offset {offset}"
+                )
             # A numpy buffer: writable (zero-copy decoding) and, unlike a bytearray,
             # filled by memcpy from a memoryview (bytearray slices copy ~40x slower).
             self._buf = memoryview(np.empty(total, dtype=np.uint8))
@@ -95,7 +99,9 @@ class Reassembler:
             )
         end = self._got + len(msg) - _HEAD_BYTES
         if end > total:
-            raise TransportError(f"malformed chunk: {end} bytes received for a {total}-byte frame")
+            raise TransportError(
+                f"malformed chunk: {end} bytes received for a {total}-byte frame"
+            )
         self._buf[self._got : end] = memoryview(msg)[_HEAD_BYTES:]
         self._got = end
         if end < total:

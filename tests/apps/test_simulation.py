@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_three_vehicles_three_rounds_energy_optimal(tmp_path: Path, monkeypatch) -> None:
+def test_three_vehicles_three_rounds_energy_optimal(
+    tmp_path: Path, monkeypatch
+) -> None:
     # Prepare
     monkeypatch.setenv("SPLITKD_CACHE", str(tmp_path / "cache"))
     teacher_dir, student_dir = save_tiny_pair(tmp_path / "models", student_layers=4)
@@ -24,19 +26,30 @@ def test_three_vehicles_three_rounds_energy_optimal(tmp_path: Path, monkeypatch)
     (tmp_path / "dp.crt").write_bytes(server_tls.certificate_chain)
     (tmp_path / "dp.key").write_bytes(server_tls.private_key)
     run_config = {
-        "teacher": str(teacher_dir), "student": str(student_dir), "num-rounds": 3,
-        "max-batches-per-epoch": 4, "output-dir": str(out), "eval-batches": 2,
-        "planner": "energy-optimal", "delay-bound-s": 1000.0, "wire-dtype": "fp16",
-        "data-plane-certfile": str(tmp_path / "dp.crt"), "data-plane-keyfile": str(tmp_path / "dp.key"),
+        "teacher": str(teacher_dir),
+        "student": str(student_dir),
+        "num-rounds": 3,
+        "max-batches-per-epoch": 4,
+        "output-dir": str(out),
+        "eval-batches": 2,
+        "planner": "energy-optimal",
+        "delay-bound-s": 1000.0,
+        "wire-dtype": "fp16",
+        "data-plane-certfile": str(tmp_path / "dp.crt"),
+        "data-plane-keyfile": str(tmp_path / "dp.key"),
     }
 
     # Execute
-    with LocalFederation(home=tmp_path / "flwr", simulation=True, threads=1) as federation:
+    with LocalFederation(
+        home=tmp_path / "flwr", simulation=True, threads=1
+    ) as federation:
         rc = federation.run(ROOT, run_config, {"num-supernodes": 3}, timeout_s=480)
 
     # Assert
     assert rc == 0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
     rounds = [r for r in records if r["round"] >= 1]
     assert [r["status"] for r in rounds] == ["ok", "ok", "ok"]
     assert sorted(r["partition-id"] for r in rounds) == [0, 1, 2]  # round-robin
@@ -45,13 +58,16 @@ def test_three_vehicles_three_rounds_energy_optimal(tmp_path: Path, monkeypatch)
         assert r["modelled-delay-s"] <= 1000.0 and r["modelled-energy-j"] > 0
         assert r["modelled-uplink-bps"] > 0 and r["measured-bytes-up"] > 0
         assert r["batches"] == 4 and r["train-loss"] > 0
-        assert r["server-compute-energy-measured"] == 0  # no GPU here: "not measured", never 0 J
+        assert (
+            r["server-compute-energy-measured"] == 0
+        )  # no GPU here: "not measured", never 0 J
         assert "server-compute-measured-energy-j" not in r
     assert records[-1]["eval-perplexity"] < records[0]["eval-perplexity"]
     trained = AutoModelForCausalLM.from_pretrained(out / "student")
     initial = AutoModelForCausalLM.from_pretrained(student_dir)
     changed = [
-        name for name, p in trained.state_dict().items()
+        name
+        for name, p in trained.state_dict().items()
         if not torch.equal(p, initial.state_dict()[name])
     ]
     assert "model.embed_tokens.weight" in changed and "lm_head.weight" in changed

@@ -13,10 +13,17 @@ from splitkd_flwr.data.tokenizer import train_tokenizer
 
 def tiny_llama(vocab_size: int, hidden: int, layers: int) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-        max_position_embeddings=128, tie_word_embeddings=False, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config)
 
@@ -24,7 +31,9 @@ def tiny_llama(vocab_size: int, hidden: int, layers: int) -> LlamaForCausalLM:
 def save_tiny_pair(root: Path, student_layers: int = 4) -> tuple[Path, Path]:
     """Write ``root/teacher`` (with the tokenizer) and ``root/student``; return both paths."""
     torch.manual_seed(0)
-    tokenizer = train_tokenizer((d.text for d in generate_corpus(400, seed=1)), vocab_size=300)
+    tokenizer = train_tokenizer(
+        (d.text for d in generate_corpus(400, seed=1)), vocab_size=300
+    )
     teacher = tiny_llama(len(tokenizer), hidden=32, layers=2)
     student = tiny_llama(len(tokenizer), hidden=16, layers=student_layers)
     teacher_dir, student_dir = root / "teacher", root / "student"

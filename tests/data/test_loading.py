@@ -132,7 +132,9 @@ def test_steps_run_across_epochs_with_a_new_order_each(tokenizer) -> None:
     per_epoch = len(examples) // 4
 
     steps = list(iterate_steps(examples, batch_size=4, num_steps=2 * per_epoch + 1))
-    first_epoch = list(iterate_batches(examples, 4, shuffle=True, seed=0, drop_last=True))
+    first_epoch = list(
+        iterate_batches(examples, 4, shuffle=True, seed=0, drop_last=True)
+    )
 
     assert len(steps) == 2 * per_epoch + 1
     assert all(len(b["input_ids"]) == 4 for b in steps)

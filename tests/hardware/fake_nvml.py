@@ -69,7 +69,9 @@ class FakeNVML:
     def _check(self, handle: object = None) -> None:
         if self.refcount <= 0:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
-        if handle is not None and not (isinstance(handle, tuple) and handle[0] == "fake-gpu"):
+        if handle is not None and not (
+            isinstance(handle, tuple) and handle[0] == "fake-gpu"
+        ):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
     # The NVML API (names and parameters as in pynvml).
@@ -116,13 +118,17 @@ class FakeNVML:
         self._check(handle)
         return list(RTX4090_MEMORY_MHZ)
 
-    def nvmlDeviceGetSupportedGraphicsClocks(self, handle: tuple[str, int], memoryClockMHz: int) -> list[int]:  # noqa: N803
+    def nvmlDeviceGetSupportedGraphicsClocks(
+        self, handle: tuple[str, int], memoryClockMHz: int
+    ) -> list[int]:  # noqa: N803
         self._check(handle)
         if memoryClockMHz not in RTX4090_MEMORY_MHZ:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return [m for m in RTX4090_GRAPHICS_MHZ if memoryClockMHz > 810 or m <= 1500]
 
-    def nvmlDeviceSetGpuLockedClocks(self, handle: tuple[str, int], minGpuClockMHz: int, maxGpuClockMHz: int) -> None:  # noqa: N803
+    def nvmlDeviceSetGpuLockedClocks(
+        self, handle: tuple[str, int], minGpuClockMHz: int, maxGpuClockMHz: int
+    ) -> None:  # noqa: N803
         self._check(handle)
         self.calls.append(f"set {minGpuClockMHz} {maxGpuClockMHz}")
         if not self.root:

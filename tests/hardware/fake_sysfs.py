@@ -10,22 +10,63 @@ from pathlib import Path
 
 Layout = dict[str, list[tuple[str, int, int]]]
 
-ORIN_NX: Layout = {"1-0040": [("VDD_IN", 5000, 1200), ("VDD_CPU_GPU_CV", 5000, 400), ("VDD_SOC", 5000, 300)]}
+ORIN_NX: Layout = {
+    "1-0040": [
+        ("VDD_IN", 5000, 1200),
+        ("VDD_CPU_GPU_CV", 5000, 400),
+        ("VDD_SOC", 5000, 300),
+    ]
+}
 AGX_ORIN: Layout = {
-    "1-0040": [("VDD_GPU_SOC", 19000, 800), ("VDD_CPU_CV", 19000, 200), ("VIN_SYS_5V0", 5000, 600)],
+    "1-0040": [
+        ("VDD_GPU_SOC", 19000, 800),
+        ("VDD_CPU_CV", 19000, 200),
+        ("VIN_SYS_5V0", 5000, 600),
+    ],
     "1-0041": [("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 5000, 100), ("NC", 0, 0)],
 }
-XAVIER_NX: Layout = {"7-0040": [("VDD_IN", 5000, 1000), ("VDD_CPU_GPU_CV", 5000, 500), ("VDD_SOC", 5000, 200)]}
+XAVIER_NX: Layout = {
+    "7-0040": [
+        ("VDD_IN", 5000, 1000),
+        ("VDD_CPU_GPU_CV", 5000, 500),
+        ("VDD_SOC", 5000, 200),
+    ]
+}
 AGX_XAVIER: Layout = {
     "1-0040": [("GPU", 19000, 500), ("CPU", 19000, 100), ("SOC", 19000, 150)],
     "1-0041": [("CV", 19000, 10), ("VDDRQ", 19000, 50), ("SYS5V", 5000, 400)],
 }
 
 # devfreq steps (Hz) as the boards list them in available_frequencies.
-ORIN_GPU_HZ = [306000000, 408000000, 510000000, 612000000, 714000000, 816000000, 918000000,
-               1020000000, 1122000000, 1224000000, 1300500000]
-XAVIER_GPU_HZ = [114750000, 216750000, 318750000, 420750000, 522750000, 624750000, 675750000,
-                 828750000, 905250000, 1032750000, 1198500000, 1236750000, 1338750000, 1377000000]
+ORIN_GPU_HZ = [
+    306000000,
+    408000000,
+    510000000,
+    612000000,
+    714000000,
+    816000000,
+    918000000,
+    1020000000,
+    1122000000,
+    1224000000,
+    1300500000,
+]
+XAVIER_GPU_HZ = [
+    114750000,
+    216750000,
+    318750000,
+    420750000,
+    522750000,
+    624750000,
+    675750000,
+    828750000,
+    905250000,
+    1032750000,
+    1198500000,
+    1236750000,
+    1338750000,
+    1377000000,
+]
 
 
 def make_rails(root: Path, layout: Layout, hwmon: int = 3) -> Path:
@@ -38,7 +79,9 @@ def make_rails(root: Path, layout: Layout, hwmon: int = 3) -> Path:
             (d / f"in{n}_label").write_text(label + "\n")
             (d / f"in{n}_input").write_text(f"{millivolts}\n")
             (d / f"curr{n}_input").write_text(f"{milliamps}\n")
-            (d / f"in{n + 3}_input").write_text("40\n")  # shunt voltage (mV), unlabelled
+            (d / f"in{n + 3}_input").write_text(
+                "40\n"
+            )  # shunt voltage (mV), unlabelled
     # A temperature sensor on the same bus: no rails, must be ignored.
     other = root / "bus/i2c/devices/0-004c/hwmon/hwmon0"
     other.mkdir(parents=True, exist_ok=True)
@@ -85,8 +128,16 @@ def devfreq_kernel(monkeypatch, node_dir: Path, *, root: bool = True) -> list[st
             return real_write_text(self, data, *args, **kwargs)
         if not root:
             raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        low = int(data) if self.name == "min_freq" else int((node_dir / "min_freq").read_text())
-        high = int(data) if self.name == "max_freq" else int((node_dir / "max_freq").read_text())
+        low = (
+            int(data)
+            if self.name == "min_freq"
+            else int((node_dir / "min_freq").read_text())
+        )
+        high = (
+            int(data)
+            if self.name == "max_freq"
+            else int((node_dir / "max_freq").read_text())
+        )
         if low > high:
             raise OSError(errno.EINVAL, "Invalid argument", str(self))
         writes.append(f"{self.name}={data}")

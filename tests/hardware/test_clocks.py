@@ -7,7 +7,12 @@ import logging
 
 import pytest
 
-from splitkd_flwr.hardware.clocks import ClockController, ClockSetting, NullClock, snap_up
+from splitkd_flwr.hardware.clocks import (
+    ClockController,
+    ClockSetting,
+    NullClock,
+    snap_up,
+)
 
 
 class RecordingClock(ClockController):
@@ -69,7 +74,9 @@ def test_apply_none_releases_and_reports_not_requested() -> None:
     clock.apply(1e9)
     setting = clock.apply(None)
     assert clock.log == ["set 1000000000", "reset"]
-    assert setting == ClockSetting("recording", None, None, False, "not requested", None)
+    assert setting == ClockSetting(
+        "recording", None, None, False, "not requested", None
+    )
     assert setting.to_metrics() == {"clock-applied": 0}
 
 
@@ -84,5 +91,8 @@ def test_null_clock_reports_not_applied_once(caplog: pytest.LogCaptureFixture) -
         settings = [clock.apply(1e9), clock.apply(1e9)]
     assert [s.applied for s in settings] == [False, False]
     assert settings[0].reason == "no GPU here"
-    assert settings[0].to_labels() == {"clock-source": "none", "clock-reason": "no GPU here"}
+    assert settings[0].to_labels() == {
+        "clock-source": "none",
+        "clock-reason": "no GPU here",
+    }
     assert caplog.text.count("no GPU here") == 1

@@ -26,14 +26,22 @@ def jetson_root(tmp_path: Path) -> Path:
 
 def test_auto_prefers_nvml_when_a_gpu_is_there(jetson_root: Path) -> None:
     fake = FakeNVML()
-    assert isinstance(detect_meter("auto", sysfs_root=jetson_root, nvml=fake), NvmlMeter)
-    assert isinstance(detect_clock("auto", sysfs_root=jetson_root, nvml=fake), NvmlClock)
+    assert isinstance(
+        detect_meter("auto", sysfs_root=jetson_root, nvml=fake), NvmlMeter
+    )
+    assert isinstance(
+        detect_clock("auto", sysfs_root=jetson_root, nvml=fake), NvmlClock
+    )
 
 
 def test_auto_picks_jetson_without_nvml(jetson_root: Path) -> None:
     no_nvml = FakeNVML(library=False)
-    assert isinstance(detect_meter("auto", sysfs_root=jetson_root, nvml=no_nvml), JetsonMeter)
-    assert isinstance(detect_clock("auto", sysfs_root=jetson_root, nvml=no_nvml), JetsonClock)
+    assert isinstance(
+        detect_meter("auto", sysfs_root=jetson_root, nvml=no_nvml), JetsonMeter
+    )
+    assert isinstance(
+        detect_clock("auto", sysfs_root=jetson_root, nvml=no_nvml), JetsonClock
+    )
 
 
 def test_auto_falls_back_to_null_with_reasons(tmp_path: Path) -> None:
@@ -46,24 +54,38 @@ def test_auto_falls_back_to_null_with_reasons(tmp_path: Path) -> None:
 
 
 def test_auto_skips_nvml_without_gpus(jetson_root: Path) -> None:
-    assert isinstance(detect_meter("auto", sysfs_root=jetson_root, nvml=FakeNVML(gpus=0)), JetsonMeter)
+    assert isinstance(
+        detect_meter("auto", sysfs_root=jetson_root, nvml=FakeNVML(gpus=0)), JetsonMeter
+    )
 
 
 def test_name_overrides_detection(jetson_root: Path) -> None:
     fake = FakeNVML()
-    assert isinstance(detect_meter("jetson", sysfs_root=jetson_root, nvml=fake), JetsonMeter)
-    assert isinstance(detect_meter("none", sysfs_root=jetson_root, nvml=fake), NullMeter)
-    assert isinstance(detect_clock("jetson", sysfs_root=jetson_root, nvml=fake), JetsonClock)
-    assert isinstance(detect_clock("none", sysfs_root=jetson_root, nvml=fake), NullClock)
+    assert isinstance(
+        detect_meter("jetson", sysfs_root=jetson_root, nvml=fake), JetsonMeter
+    )
+    assert isinstance(
+        detect_meter("none", sysfs_root=jetson_root, nvml=fake), NullMeter
+    )
+    assert isinstance(
+        detect_clock("jetson", sysfs_root=jetson_root, nvml=fake), JetsonClock
+    )
+    assert isinstance(
+        detect_clock("none", sysfs_root=jetson_root, nvml=fake), NullClock
+    )
 
 
 def test_named_backend_that_is_absent_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="energy-meter = 'nvml' but it is not usable here"):
+    with pytest.raises(
+        ConfigError, match="energy-meter = 'nvml' but it is not usable here"
+    ):
         detect_meter("nvml", sysfs_root=tmp_path, nvml=FakeNVML(library=False))
     with pytest.raises(ConfigError, match="gpu-clock = 'jetson'"):
         detect_clock("jetson", sysfs_root=tmp_path, nvml=FakeNVML())
 
 
 def test_unknown_name_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="one of auto, nvml, jetson, none, got 'rapl'"):
+    with pytest.raises(
+        ConfigError, match="one of auto, nvml, jetson, none, got 'rapl'"
+    ):
         detect_meter("rapl")

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from splitkd_flwr.hardware.jetson import JetsonClock, JetsonMeter, find_gpu_devfreq, find_rails
+from splitkd_flwr.hardware.jetson import (
+    JetsonClock,
+    JetsonMeter,
+    find_gpu_devfreq,
+    find_rails,
+)
 from splitkd_flwr.hardware.meters import HardwareUnavailable
 
 from .fake_sysfs import (
@@ -27,11 +32,21 @@ from .fake_sysfs import (
 
 
 def _watts(layout: Layout, label: str) -> float:
-    return next(mv * ma / 1e6 for chans in layout.values() for lab, mv, ma in chans if lab == label)
+    return next(
+        mv * ma / 1e6
+        for chans in layout.values()
+        for lab, mv, ma in chans
+        if lab == label
+    )
 
 
 def _all_watts(layout: Layout) -> float:
-    return sum(mv * ma / 1e6 for chans in layout.values() for lab, mv, ma in chans if lab != "NC")
+    return sum(
+        mv * ma / 1e6
+        for chans in layout.values()
+        for lab, mv, ma in chans
+        if lab != "NC"
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,7 +59,9 @@ def _all_watts(layout: Layout) -> float:
     ],
     ids=["orin-nx", "agx-orin", "xavier-nx", "agx-xavier"],
 )
-def test_rail_parsing_per_layout(tmp_path: Path, layout: Layout, total_rail: str | None, gpu_rail: str) -> None:
+def test_rail_parsing_per_layout(
+    tmp_path: Path, layout: Layout, total_rail: str | None, gpu_rail: str
+) -> None:
     # Prepare
     root = make_rails(tmp_path, layout)
 
@@ -73,9 +90,13 @@ def test_meter_integrates_rails_over_a_phase(tmp_path: Path) -> None:
 
     # Assert
     reading = m.reading
-    assert reading is not None and reading.measured and reading.source == "jetson-ina3221"
+    assert (
+        reading is not None and reading.measured and reading.source == "jetson-ina3221"
+    )
     assert reading.joules == pytest.approx(_all_watts(AGX_XAVIER) * reading.duration_s)
-    assert reading.rails_j["gpu"] == pytest.approx(_watts(AGX_XAVIER, "GPU") * reading.duration_s)
+    assert reading.rails_j["gpu"] == pytest.approx(
+        _watts(AGX_XAVIER, "GPU") * reading.duration_s
+    )
     assert reading.note.startswith("total = sum of rails") and "SYS5V" in reading.note
 
 
@@ -98,9 +119,13 @@ def test_no_rails_is_unavailable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("node", "steps"), [("17000000.ga10b", ORIN_GPU_HZ), ("17000000.gv11b", XAVIER_GPU_HZ)], ids=["orin", "xavier"]
+    ("node", "steps"),
+    [("17000000.ga10b", ORIN_GPU_HZ), ("17000000.gv11b", XAVIER_GPU_HZ)],
+    ids=["orin", "xavier"],
 )
-def test_devfreq_snap_and_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: str, steps: list[int]) -> None:
+def test_devfreq_snap_and_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: str, steps: list[int]
+) -> None:
     # Prepare
     node_dir = make_devfreq(tmp_path, node, steps)
     writes = devfreq_kernel(monkeypatch, node_dir)
@@ -109,18 +134,27 @@ def test_devfreq_snap_and_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     # Execute
     with clock.locked(request) as setting:
-        pinned = (node_dir / "min_freq").read_text(), (node_dir / "max_freq").read_text()
+        pinned = (
+            (node_dir / "min_freq").read_text(),
+            (node_dir / "max_freq").read_text(),
+        )
 
     # Assert
     assert clock.path == node_dir
-    assert setting.applied and setting.applied_hz == steps[4] and setting.current_hz == steps[4]
+    assert (
+        setting.applied
+        and setting.applied_hz == steps[4]
+        and setting.current_hz == steps[4]
+    )
     assert pinned == (str(steps[4]), str(steps[4]))
     assert (node_dir / "min_freq").read_text().strip() == str(steps[0])
     assert (node_dir / "max_freq").read_text().strip() == str(steps[-1])
     assert len(writes) == 4  # kernel rule min <= max held at every write
 
 
-def test_devfreq_raising_then_restoring_keeps_min_below_max(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_devfreq_raising_then_restoring_keeps_min_below_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Prepare: capped low (as nvpmodel may leave it), then a request above the cap
     node_dir = make_devfreq(tmp_path, "17000000.ga10b", ORIN_GPU_HZ)
     (node_dir / "min_freq").write_text(str(ORIN_GPU_HZ[0]))
@@ -134,8 +168,12 @@ def test_devfreq_raising_then_restoring_keeps_min_below_max(tmp_path: Path, monk
             raise RuntimeError("round failed")
 
     # Assert: max raised before min on the way up, min lowered before max on the way back
-    assert writes == [f"max_freq={ORIN_GPU_HZ[-1]}", f"min_freq={ORIN_GPU_HZ[-1]}",
-                      f"min_freq={ORIN_GPU_HZ[0]}", f"max_freq={ORIN_GPU_HZ[2]}"]
+    assert writes == [
+        f"max_freq={ORIN_GPU_HZ[-1]}",
+        f"min_freq={ORIN_GPU_HZ[-1]}",
+        f"min_freq={ORIN_GPU_HZ[0]}",
+        f"max_freq={ORIN_GPU_HZ[2]}",
+    ]
 
 
 def test_devfreq_without_root_warns_once(

@@ -9,7 +9,12 @@ from collections.abc import Mapping
 
 import pytest
 
-from splitkd_flwr.hardware.meters import EnergyReading, NullMeter, SamplingMeter, integrate_trapezoid
+from splitkd_flwr.hardware.meters import (
+    EnergyReading,
+    NullMeter,
+    SamplingMeter,
+    integrate_trapezoid,
+)
 
 
 class RampMeter(SamplingMeter):
@@ -19,7 +24,9 @@ class RampMeter(SamplingMeter):
 
     def __init__(self, fail_after: int | None = None) -> None:
         ticks = itertools.count()
-        super().__init__(primary="total", interval_s=0.001, clock=lambda: 0.1 * next(ticks))
+        super().__init__(
+            primary="total", interval_s=0.001, clock=lambda: 0.1 * next(ticks)
+        )
         self.fail_after = fail_after
         self.reads = 0
 
@@ -88,18 +95,31 @@ def test_null_meter_says_not_measured_never_zero() -> None:
     # Assert
     reading = m.reading
     assert reading is not None
-    assert reading.measured is False and reading.joules is None and reading.mean_power_w is None
+    assert (
+        reading.measured is False
+        and reading.joules is None
+        and reading.mean_power_w is None
+    )
     assert reading.duration_s >= 0.01
     metrics = reading.to_metrics("server-")
     assert metrics["server-energy-measured"] == 0
-    assert not any(key.endswith("-energy-j") or key.endswith("-power-w") for key in metrics)
-    assert reading.to_labels() == {"energy-source": "none", "energy-note": "no sensor here"}
+    assert not any(
+        key.endswith("-energy-j") or key.endswith("-power-w") for key in metrics
+    )
+    assert reading.to_labels() == {
+        "energy-source": "none",
+        "energy-note": "no sensor here",
+    }
 
 
 def test_reading_metrics_and_sum() -> None:
     # Prepare
-    a = EnergyReading("jetson-ina3221", True, 2.0, joules=10.0, samples=3, rails_j={"gpu": 4.0})
-    b = EnergyReading("jetson-ina3221", True, 3.0, joules=20.0, samples=4, rails_j={"gpu": 6.0})
+    a = EnergyReading(
+        "jetson-ina3221", True, 2.0, joules=10.0, samples=3, rails_j={"gpu": 4.0}
+    )
+    b = EnergyReading(
+        "jetson-ina3221", True, 3.0, joules=20.0, samples=4, rails_j={"gpu": 6.0}
+    )
 
     # Execute
     total = a + b
@@ -114,7 +134,9 @@ def test_reading_metrics_and_sum() -> None:
         "device-compute-measured-mean-power-w": 6.0,
         "device-compute-measured-gpu-energy-j": 10.0,
     }
-    assert not (a + EnergyReading("none", False, 1.0)).measured  # unmeasured part spoils the sum
+    assert not (
+        a + EnergyReading("none", False, 1.0)
+    ).measured  # unmeasured part spoils the sum
 
 
 def test_start_stop_misuse_raises() -> None:

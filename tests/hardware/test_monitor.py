@@ -16,7 +16,9 @@ from .fake_nvml import FakeNVML
 def test_round_metrics_sum_phases_and_carry_the_clock(tmp_path: Path) -> None:
     # Prepare: a 200 W GPU
     fake = FakeNVML(power_mw=200_000)
-    monitor = HardwareMonitor.from_config("auto", "auto", sysfs_root=tmp_path, nvml=fake)
+    monitor = HardwareMonitor.from_config(
+        "auto", "auto", sysfs_root=tmp_path, nvml=fake
+    )
 
     # Execute: a round with three server steps of 0.5 s each
     setting = monitor.apply_clock(1.2e9)
@@ -33,7 +35,9 @@ def test_round_metrics_sum_phases_and_carry_the_clock(tmp_path: Path) -> None:
     assert monitor.labels()["energy-source"] == "nvml-counter"
     MetricRecord(metrics)  # Flower accepts them as they are
     ConfigRecord(monitor.labels())
-    assert "server-compute-measured-energy-j" not in monitor.metrics()  # reset per round
+    assert (
+        "server-compute-measured-energy-j" not in monitor.metrics()
+    )  # reset per round
 
     # Execute / Assert: closing gives the clock back
     monitor.close()
@@ -54,7 +58,9 @@ def test_unmeasured_round_says_so(tmp_path: Path) -> None:
 
 def test_phase_measured_even_when_the_body_raises(tmp_path: Path) -> None:
     fake = FakeNVML()
-    monitor = HardwareMonitor.from_config("nvml", "none", sysfs_root=tmp_path, nvml=fake)
+    monitor = HardwareMonitor.from_config(
+        "nvml", "none", sysfs_root=tmp_path, nvml=fake
+    )
     with pytest.raises(RuntimeError):
         with monitor.measure("server-compute"):
             fake.advance(1.0)

@@ -31,7 +31,9 @@ def test_fake_follows_pynvml_names_signatures_and_codes() -> None:
         assert hasattr(pynvml, name), f"FakeNVML.{name} is not in pynvml"
         real, ours = getattr(pynvml, name), getattr(fake, name)
         if callable(real):
-            assert list(inspect.signature(ours).parameters) == list(inspect.signature(real).parameters), name
+            assert list(inspect.signature(ours).parameters) == list(
+                inspect.signature(real).parameters
+            ), name
         elif isinstance(real, int):
             assert ours == real, name
     assert fake.NVMLError is pynvml.NVMLError
@@ -39,7 +41,9 @@ def test_fake_follows_pynvml_names_signatures_and_codes() -> None:
 
 def test_code_calls_only_real_nvml_functions_the_fake_provides() -> None:
     # Prepare: every `nvml.<name>` in the hardware package
-    source = "\n".join(p.read_text() for p in Path(hardware_pkg.__file__).parent.glob("*.py"))
+    source = "\n".join(
+        p.read_text() for p in Path(hardware_pkg.__file__).parent.glob("*.py")
+    )
     called = set(re.findall(r"\bnvml\.((?:nvml|NVML)\w+)", source))
 
     # Assert
@@ -107,7 +111,11 @@ def test_clock_snaps_up_to_supported_step_and_resets_on_exit() -> None:
         locked_inside = fake.locked_mhz
 
     # Assert
-    assert setting.applied and setting.applied_hz == 1515e6 and setting.requested_hz == 1.501e9
+    assert (
+        setting.applied
+        and setting.applied_hz == 1515e6
+        and setting.requested_hz == 1.501e9
+    )
     assert setting.current_hz == 1515e6
     assert locked_inside == (1515, 1515)
     assert fake.locked_mhz is None and fake.calls[-1] == "reset"
@@ -124,7 +132,9 @@ def test_clock_resets_on_exception_and_ctrl_c() -> None:
         assert fake.locked_mhz is None
 
 
-def test_no_permission_warns_once_and_reports_not_applied(caplog: pytest.LogCaptureFixture) -> None:
+def test_no_permission_warns_once_and_reports_not_applied(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Prepare: not root
     fake = FakeNVML(root=False)
     clock = NvmlClock(NvmlDevice(0, fake))
@@ -138,7 +148,9 @@ def test_no_permission_warns_once_and_reports_not_applied(caplog: pytest.LogCapt
     assert all(not s.applied and s.applied_hz is None for s in settings)
     assert "needs root" in settings[0].reason
     assert settings[0].to_metrics() == {
-        "clock-applied": 0, "clock-requested-hz": 1.2e9, "clock-current-hz": 2520e6,
+        "clock-applied": 0,
+        "clock-requested-hz": 1.2e9,
+        "clock-current-hz": 2520e6,
     }
     assert caplog.text.count("GPU clock not applied") == 1
     assert "reset" not in fake.calls  # nothing was locked, so nothing to undo
@@ -149,7 +161,9 @@ def test_lock_not_supported_reports_reason() -> None:
     assert not setting.applied and "not supported" in setting.reason
 
 
-def test_counter_failing_mid_run_reports_not_measured(caplog: pytest.LogCaptureFixture) -> None:
+def test_counter_failing_mid_run_reports_not_measured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Prepare: the counter works when the meter is built, then stops answering
     fake = FakeNVML()
     meter = NvmlMeter(NvmlDevice(0, fake))

@@ -27,11 +27,20 @@ VOCAB = 64
 
 
 def _llama(layers: int, hidden: int) -> torch.nn.Module:
-    return load_causal_lm({
-        "model_type": "llama", "vocab_size": VOCAB, "hidden_size": hidden, "num_hidden_layers": layers,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 2 * hidden,
-        "max_position_embeddings": 32, "tie_word_embeddings": False, "use_cache": False,
-    })
+    return load_causal_lm(
+        {
+            "model_type": "llama",
+            "vocab_size": VOCAB,
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "intermediate_size": 2 * hidden,
+            "max_position_embeddings": 32,
+            "tie_word_embeddings": False,
+            "use_cache": False,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +48,15 @@ def measured() -> tuple[MachineProfile, float]:
     torch.manual_seed(0)
     teacher, student = _llama(2, 32), _llama(3, 16)
     cost = cost_model_for(teacher, student, batch_size=2, seq_len=8)
-    result = profile_machine(teacher, student, batch_size=2, seq_len=8, repeats=1, cuts=[1, 2])
+    result = profile_machine(
+        teacher, student, batch_size=2, seq_len=8, repeats=1, cuts=[1, 2]
+    )
     return result, float(cost.device_flops[0] + cost.server_flops[0])
 
 
-def test_ops_cover_one_unsplit_step_with_the_cost_models_flops(measured: tuple[MachineProfile, float]) -> None:
+def test_ops_cover_one_unsplit_step_with_the_cost_models_flops(
+    measured: tuple[MachineProfile, float],
+) -> None:
     # Prepare
     result, step_flops = measured
 
@@ -51,11 +64,15 @@ def test_ops_cover_one_unsplit_step_with_the_cost_models_flops(measured: tuple[M
     names = [op.name for op in result.ops]
     assert names[:2] == ["student.layer0.forward", "student.layer0.backward"]
     assert len(names) == 2 * (3 + 1) + (2 + 1) and names[-1] == "teacher.head.forward"
-    assert sum(op.flops for op in result.ops) == pytest.approx(step_flops)  # no second FLOP formula
+    assert sum(op.flops for op in result.ops) == pytest.approx(
+        step_flops
+    )  # no second FLOP formula
     assert all(op.seconds > 0 for op in result.ops)
 
 
-def test_per_cut_prediction_is_cost_model_flops_over_fit(measured: tuple[MachineProfile, float]) -> None:
+def test_per_cut_prediction_is_cost_model_flops_over_fit(
+    measured: tuple[MachineProfile, float],
+) -> None:
     result, step_flops = measured
     assert [c.cut for c in result.cuts] == [1, 2]
     for c in result.cuts:
@@ -71,7 +88,9 @@ def test_fit_is_total_flops_over_total_seconds() -> None:
         fit_throughput([])
 
 
-def test_calibration_file_loads_as_a_fleet(tmp_path: Path, measured: tuple[MachineProfile, float]) -> None:
+def test_calibration_file_loads_as_a_fleet(
+    tmp_path: Path, measured: tuple[MachineProfile, float]
+) -> None:
     # Prepare
     result, _ = measured
     calibrated = calibrated_profile(result, "cpu-host", "rtx4090", 'CPU "test"')
@@ -84,11 +103,15 @@ def test_calibration_file_loads_as_a_fleet(tmp_path: Path, measured: tuple[Machi
     # Assert: the planner's server now has the measured throughput
     server = fleet.server_profile
     assert server.name == "cpu-host" and server.hardware == 'CPU "test"'
-    assert server.peak_flops * server.utilisation == pytest.approx(result.effective_flops, rel=1e-5)
+    assert server.peak_flops * server.utilisation == pytest.approx(
+        result.effective_flops, rel=1e-5
+    )
     assert server.kappa == DEFAULT_PROFILES["rtx4090"].kappa
 
 
-def test_calibration_refuses_impossible_profiles(measured: tuple[MachineProfile, float]) -> None:
+def test_calibration_refuses_impossible_profiles(
+    measured: tuple[MachineProfile, float],
+) -> None:
     result, _ = measured
     fast = MachineProfile(**{**result.__dict__, "effective_flops": 1e15})
     with pytest.raises(ConfigError, match="higher peak"):
@@ -116,10 +139,26 @@ def test_command_writes_a_profile(tmp_path: Path) -> None:
     out = tmp_path / "p.toml"
 
     # Execute
-    result = CliRunner().invoke(app, [
-        "profile", "--output", str(out), "--batch-size", "1", "--seq-len", "8", "--repeats", "1",
-        "--cuts", "8", "--energy-meter", "none", "--name", "here",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--output",
+            str(out),
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "8",
+            "--repeats",
+            "1",
+            "--cuts",
+            "8",
+            "--energy-meter",
+            "none",
+            "--name",
+            "here",
+        ],
+    )
 
     # Assert
     assert result.exit_code == 0, result.output

@@ -10,10 +10,24 @@ from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, Fleet, load_fleet
 
 def test_default_fleet_is_table_ii() -> None:
     fleet = load_fleet()
-    assert fleet.server_profile.clock_hz == 2.52e9 and fleet.server_profile.cores == 16384
-    table = [(1.3e9, 2048), (1.3e9, 2048), (1.0e9, 2048), (1.0e9, 2048), (0.91e9, 1024), (0.91e9, 1024),
-             (0.76e9, 1024), (0.76e9, 1024), (1.2e9, 512), (1.2e9, 512)]
-    assert [(fleet.profile_of(i).clock_hz, fleet.profile_of(i).cores) for i in range(10)] == table
+    assert (
+        fleet.server_profile.clock_hz == 2.52e9 and fleet.server_profile.cores == 16384
+    )
+    table = [
+        (1.3e9, 2048),
+        (1.3e9, 2048),
+        (1.0e9, 2048),
+        (1.0e9, 2048),
+        (0.91e9, 1024),
+        (0.91e9, 1024),
+        (0.76e9, 1024),
+        (0.76e9, 1024),
+        (1.2e9, 512),
+        (1.2e9, 512),
+    ]
+    assert [
+        (fleet.profile_of(i).clock_hz, fleet.profile_of(i).cores) for i in range(10)
+    ] == table
     # kappa calibration: the RTX 4090 draws its rated 450 W at 2.52 GHz
     rtx = DEFAULT_PROFILES["rtx4090"]
     assert rtx.kappa * rtx.clock_hz**3 == pytest.approx(450, rel=0.01)
@@ -30,12 +44,14 @@ def test_fleet_from_toml_extends_and_overrides(tmp_path: Path) -> None:
         'devices = ["orin-8w", "my-board"]\n'
         '[profiles.orin-8w]\nextends = "orin-nx-0.76"\nstatic_power_w = 2.5\n'
         '[profiles.my-board]\nhardware = "My board"\nclock_hz = 1.1e9\ncores = 768\n'
-        'kappa = 2e-26\nstatic_power_w = 3.0\ntx_power_w = 0.1\nclock_steps_hz = [5e8, 1.1e9]\n'
+        "kappa = 2e-26\nstatic_power_w = 3.0\ntx_power_w = 0.1\nclock_steps_hz = [5e8, 1.1e9]\n"
     )
     # Execute
     fleet = load_fleet(path)
     # Assert
-    assert fleet.profile_of(0).cores == 1024 and fleet.profile_of(0).static_power_w == 2.5
+    assert (
+        fleet.profile_of(0).cores == 1024 and fleet.profile_of(0).static_power_w == 2.5
+    )
     assert fleet.profile_of(1).clock_steps_hz == (5e8, 1.1e9)
     assert fleet.profile_of(3).name == "my-board"  # partition ids wrap around the list
     assert fleet.server == "rtx4090"

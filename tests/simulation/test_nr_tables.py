@@ -36,7 +36,9 @@ def test_mcs_tables_have_the_standard_sizes_and_orders() -> None:
 @pytest.mark.parametrize(
     ("cqi", "up_mbps", "down_mbps"), [(1, 48.6, 44.3), (7, 872, 794), (15, 2365, 2155)]
 )
-def test_rate_formula_matches_hand_computed_values(cqi: int, up_mbps: float, down_mbps: float) -> None:
+def test_rate_formula_matches_hand_computed_values(
+    cqi: int, up_mbps: float, down_mbps: float
+) -> None:
     # Prepare: one layer, 264 PRB, mu 3, FR2 overheads 0.10 / 0.18 (system-model.md section 1)
     up = rate_table_bps("38.214-5.2.2.1-3", "cqi", overhead=0.10)
     down = rate_table_bps("38.214-5.2.2.1-3", "cqi", overhead=0.18)
@@ -49,7 +51,9 @@ def test_rate_formula_matches_hand_computed_values(cqi: int, up_mbps: float, dow
 def test_rate_formula_by_hand() -> None:
     # 64QAM R=948/1024 on 66 PRB at mu 3 with 14 % overhead
     expected = 6 * 948 / 1024 * 66 * 12 / (1e-3 / (14 * 8)) * 0.86
-    assert nr_rate_bps(6, 948 / 1024, num_prb=66, overhead=0.14) == pytest.approx(expected)
+    assert nr_rate_bps(6, 948 / 1024, num_prb=66, overhead=0.14) == pytest.approx(
+        expected
+    )
 
 
 def test_cqi_maps_to_the_highest_mcs_not_above_its_efficiency() -> None:

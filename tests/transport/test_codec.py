@@ -39,7 +39,9 @@ def _tensors() -> dict[str, torch.Tensor]:
 
 def test_roundtrip_every_dtype_is_exact() -> None:
     # Prepare
-    frame = Frame(_tensors(), {"loss": 2.5, "step": 3, "tag": "up", "ok": True, "none": None})
+    frame = Frame(
+        _tensors(), {"loss": 2.5, "step": 3, "tag": "up", "ok": True, "none": None}
+    )
 
     # Execute
     out = _roundtrip(frame)
@@ -68,7 +70,9 @@ def test_wire_cast_restores_dtype_within_precision(wire: str) -> None:
 
 def test_wire_cast_shrinks_frame() -> None:
     frame = Frame({"x": torch.randn(8, 64, 256)})
-    sizes = {w: encoded_nbytes(encode_frame(frame, w)) for w in ("fp32", "fp16", "int8")}
+    sizes = {
+        w: encoded_nbytes(encode_frame(frame, w)) for w in ("fp32", "fp16", "int8")
+    }
     numel = 8 * 64 * 256
     assert numel * 4 <= sizes["fp32"] < numel * 4 + 2 * ALIGN_BYTES + 64
     assert numel * 2 <= sizes["fp16"] < numel * 2 + 2 * ALIGN_BYTES + 64
@@ -100,7 +104,9 @@ def test_nonfinite_is_refused_naming_the_tensor(bad: float) -> None:
     raw = b"".join(encode_frame(Frame({"grad": x}), check_finite=False))
     with pytest.raises(TransportError, match="'grad' contains NaN or inf"):
         decode_frame(raw)
-    assert torch.isnan(decode_frame(raw, check_finite=False)["grad"][1, 2]) == (bad != bad)
+    assert torch.isnan(decode_frame(raw, check_finite=False)["grad"][1, 2]) == (
+        bad != bad
+    )
 
 
 def test_large_finite_values_are_not_mistaken_for_inf() -> None:
@@ -141,14 +147,20 @@ def test_malformed_frames_are_refused(corrupt, message: str) -> None:
     [
         ("dtype", struct.pack("<B", 42), "unknown dtype code 42"),
         ("wire", struct.pack("<B", 77), "unknown wire dtype code 77"),
-        ("wire", struct.pack("<B", 9), "wire dtype torch.int64 cannot carry torch.float32"),
+        (
+            "wire",
+            struct.pack("<B", 9),
+            "wire dtype torch.int64 cannot carry torch.float32",
+        ),
         ("shape", struct.pack("<q", -2), "negative dimension"),
         ("shape", struct.pack("<q", 2**40), "exceeds max_frame_bytes"),
         ("shape", struct.pack("<q", 3), r"24 bytes do not match shape \(3, 3\)"),
         ("nbytes", struct.pack("<Q", 25), "25 bytes do not match"),
     ],
 )
-def test_inconsistent_headers_are_refused(field: str, value: bytes, message: str) -> None:
+def test_inconsistent_headers_are_refused(
+    field: str, value: bytes, message: str
+) -> None:
     raw = _one_tensor_frame()
     at = _header_offsets(raw)[field]
     raw[at : at + len(value)] = value
@@ -158,7 +170,9 @@ def test_inconsistent_headers_are_refused(field: str, value: bytes, message: str
 
 def test_oversized_frame_and_bad_meta_are_refused() -> None:
     raw = _one_tensor_frame()
-    with pytest.raises(TransportError, match=f"{len(raw)} bytes exceed max_frame_bytes=64"):
+    with pytest.raises(
+        TransportError, match=f"{len(raw)} bytes exceed max_frame_bytes=64"
+    ):
         decode_frame(raw, max_frame_bytes=64)
     raw[12:19] = b'["a",1]'  # same length as the original meta {"a":1}
     with pytest.raises(TransportError, match="meta must be a JSON object of scalars"):
@@ -175,14 +189,28 @@ def test_spec_checks_names_dtypes_and_symbolic_dims() -> None:
         "h": TensorSpec(torch.float32, ("B", "T", 8)),
         "labels": TensorSpec(torch.int64, ("B", "T")),
     }
-    good = Frame({"h": torch.zeros(2, 5, 8), "labels": torch.zeros(2, 5, dtype=torch.long)})
+    good = Frame(
+        {"h": torch.zeros(2, 5, 8), "labels": torch.zeros(2, 5, dtype=torch.long)}
+    )
     assert _roundtrip(good, spec=spec)["h"].shape == (2, 5, 8)
     cases = [
         (Frame({"h": good["h"]}), "expected \\['h', 'labels'\\]"),
-        (Frame({"h": good["h"], "labels": good["labels"].int()}), "'labels' has dtype torch.int32"),
-        (Frame({"h": torch.zeros(2, 5, 9), "labels": good["labels"]}), "'h' has shape \\(2, 5, 9\\)"),
-        (Frame({"h": good["h"], "labels": torch.zeros(2, 6, dtype=torch.long)}), "'labels' has shape"),
-        (Frame({"h": torch.zeros(2, 5), "labels": good["labels"]}), "'h' has shape \\(2, 5\\)"),
+        (
+            Frame({"h": good["h"], "labels": good["labels"].int()}),
+            "'labels' has dtype torch.int32",
+        ),
+        (
+            Frame({"h": torch.zeros(2, 5, 9), "labels": good["labels"]}),
+            "'h' has shape \\(2, 5, 9\\)",
+        ),
+        (
+            Frame({"h": good["h"], "labels": torch.zeros(2, 6, dtype=torch.long)}),
+            "'labels' has shape",
+        ),
+        (
+            Frame({"h": torch.zeros(2, 5), "labels": good["labels"]}),
+            "'h' has shape \\(2, 5\\)",
+        ),
     ]
     for frame, message in cases:
         with pytest.raises(TransportError, match=message):

@@ -35,7 +35,9 @@ def _double(frame: Frame) -> Frame:
 
 
 def _up(b: int = 2, t: int = 4) -> Frame:
-    return Frame({"hidden": torch.randn(b, t, 8), "labels": torch.randint(0, 9, (b, t))})
+    return Frame(
+        {"hidden": torch.randn(b, t, 8), "labels": torch.randint(0, 9, (b, t))}
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,9 @@ def _no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 5
-    while (leaked := set(threading.enumerate()) - before) and time.monotonic() < deadline:
+    while (
+        leaked := set(threading.enumerate()) - before
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
 
@@ -71,8 +75,12 @@ def test_round_trip_frames_meta_and_byte_counts(server: DataPlaneServer) -> None
     assert handle.error is None
     for sent, got in zip(frames, answers, strict=True):
         assert got["grad"].dtype == torch.float32  # bf16 on the wire, restored
-        torch.testing.assert_close(got["grad"], sent["hidden"] * 2, rtol=2e-2, atol=2e-2)
-        assert got.meta["loss"] == pytest.approx(float(sent["hidden"].half().float().sum()), rel=1e-5)
+        torch.testing.assert_close(
+            got["grad"], sent["hidden"] * 2, rtol=2e-2, atol=2e-2
+        )
+        assert got.meta["loss"] == pytest.approx(
+            float(sent["hidden"].half().float().sum()), rel=1e-5
+        )
     assert stats.frames == dev.frames == 3
     assert stats.bytes_up == dev.bytes_up > 0
     assert stats.bytes_down == dev.bytes_down > 0
@@ -98,7 +106,10 @@ def test_wrong_and_reused_tokens_are_refused_on_both_sides(
     handle = server.open_round(token, _double)
 
     # Execute / Assert: a wrong token does not disturb the open round
-    with caplog.at_level(logging.WARNING), pytest.raises(TransportError, match="unknown round token"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(TransportError, match="unknown round token"),
+    ):
         DeviceSession(server.address, new_token(), timeout_s=5)
     assert "unknown round token" in caplog.text
     with DeviceSession(server.address, token, timeout_s=5) as dev:
@@ -106,7 +117,10 @@ def test_wrong_and_reused_tokens_are_refused_on_both_sides(
     handle.wait(5)
     assert handle.error is None
     caplog.clear()
-    with caplog.at_level(logging.WARNING), pytest.raises(TransportError, match="already used"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(TransportError, match="already used"),
+    ):
         DeviceSession(server.address, token, timeout_s=5)
     assert "already used" in caplog.text
     with pytest.raises(TransportError, match="already in use"):
@@ -129,14 +143,42 @@ def test_callback_error_reaches_the_device(server: DataPlaneServer) -> None:
 @pytest.mark.parametrize(
     ("on_frame", "up", "message"),
     [
-        (_double, Frame({"hidden": torch.randn(2, 4, 9), "labels": torch.zeros(2, 4, dtype=torch.long)}), "'hidden' has shape"),
-        (_double, Frame({"hidden": torch.randn(2, 4, 8)}), "expected \\['hidden', 'labels'\\]"),
-        (lambda f: Frame({"grad": torch.full((2,), float("nan"))}), _up(), "'grad' contains NaN"),
-        (_double, Frame({"hidden": torch.randn(64, 64, 8), "labels": torch.zeros(64, 64, dtype=torch.long)}), "exceed max_frame_bytes"),
+        (
+            _double,
+            Frame(
+                {
+                    "hidden": torch.randn(2, 4, 9),
+                    "labels": torch.zeros(2, 4, dtype=torch.long),
+                }
+            ),
+            "'hidden' has shape",
+        ),
+        (
+            _double,
+            Frame({"hidden": torch.randn(2, 4, 8)}),
+            "expected \\['hidden', 'labels'\\]",
+        ),
+        (
+            lambda f: Frame({"grad": torch.full((2,), float("nan"))}),
+            _up(),
+            "'grad' contains NaN",
+        ),
+        (
+            _double,
+            Frame(
+                {
+                    "hidden": torch.randn(64, 64, 8),
+                    "labels": torch.zeros(64, 64, dtype=torch.long),
+                }
+            ),
+            "exceed max_frame_bytes",
+        ),
     ],
     ids=["shape", "missing-tensor", "nan-grad", "oversized"],
 )
-def test_bad_frames_end_the_round_on_both_sides(on_frame, up: Frame, message: str) -> None:
+def test_bad_frames_end_the_round_on_both_sides(
+    on_frame, up: Frame, message: str
+) -> None:
     with DataPlaneServer(max_frame_bytes=64 * 1024) as server:
         token = new_token()
         handle = server.open_round(token, on_frame, spec=UP_SPEC)
@@ -172,7 +214,9 @@ def test_silent_device_ends_the_round_within_the_idle_timeout() -> None:
             dev.exchange(_up())
         dev.abort("test over")
     assert "silent for more than idle_timeout_s=0.5" in str(handle.error)
-    assert 0.4 < elapsed_s < 3.0  # idle timeout + watchdog tick, with slack for a loaded CI
+    assert (
+        0.4 < elapsed_s < 3.0
+    )  # idle timeout + watchdog tick, with slack for a loaded CI
 
 
 _KILLED_DEVICE = textwrap.dedent(
@@ -246,7 +290,9 @@ def test_server_gone_or_hung_fails_the_device_within_its_timeout() -> None:
         DeviceSession(address, token, timeout_s=0.3)
 
 
-def test_server_side_wait_timeout_and_close_end_the_round(server: DataPlaneServer) -> None:
+def test_server_side_wait_timeout_and_close_end_the_round(
+    server: DataPlaneServer,
+) -> None:
     token = new_token()
     handle = server.open_round(token, _double)
     handle.wait(0.1)  # no device came
