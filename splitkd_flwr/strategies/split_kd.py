@@ -239,15 +239,23 @@ class SplitKD(Strategy):
             if reply.has_error():
                 raise RoundFailedError(f"the device reported: {reply.error.reason}")
             weights = reply.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+            device_metrics = dict(reply.content[protocol.METRICS])
             self.server.commit(self._plan.cut_layer, weights)
             self._charge(self._selected, self._plan)
-        except SplitKDError as err:
-            self.server.rollback()
-            raise RoundFailedError(str(err)) from err
+        except (SplitKDError, KeyError, TypeError, ValueError) as err:
+            # A malformed reply (missing record, wrong types) is the device's fault, not
+            # the run's: roll the round back and go on.
+            self._abort_round()
+            raise RoundFailedError(f"{type(err).__name__}: {err}") from err
         finally:
             self._round.close()
-        device_metrics = dict(reply.content[protocol.METRICS])
         return None, MetricRecord({**device_metrics, **stats})
+
+    def _abort_round(self) -> None:
+        """Close the data-plane round, if any, and restore the server's state before it."""
+        if self._round is not None:
+            self._round.close()
+        self.server.rollback()
 
     def _charge(self, device: DeviceState | None, plan: Plan) -> None:
         """Book the round's modelled device energy (for energy-aware selectors)."""
@@ -321,6 +329,7 @@ class SplitKD(Strategy):
                 record.update({"status": "ok", **dict(metrics or {})})
                 result.train_metrics_clientapp[server_round] = metrics
             except SplitKDError as err:
+                self._abort_round()  # idempotent; covers failures before the reply
                 log(
                     WARNING,
                     "round %s failed and was rolled back: %s",
