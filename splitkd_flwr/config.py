@@ -54,8 +54,8 @@ class RunConfig:
         "weight of cross-entropy; `1 - kd-alpha` weighs T^2 * divergence", 0.5
     )
     kd_temperature: float = _help(
-        "softmax temperature T of the distillation term (T = 1 taught best: docs/data.md)",
-        1.0,
+        "softmax temperature T of the distillation term (see README, Figures)",
+        2.0,
     )
     kd_divergence: str = _help(
         "`forward-kl` (KL(teacher||student)), `reverse-kl` or `jsd`", "forward-kl"
