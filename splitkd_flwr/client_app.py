@@ -14,7 +14,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from splitkd_flwr import assets, protocol
 from splitkd_flwr.dataplane import run_device_round
@@ -28,7 +28,11 @@ from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.koala_client import koala_train
 from splitkd_flwr.node_config import NodeConfig
 from splitkd_flwr.split.evaluate import evaluate_lm
-from splitkd_flwr.split.partition import DevicePart, device_param_names
+from splitkd_flwr.split.partition import (
+    DevicePart,
+    build_device_student,
+    device_param_names,
+)
 from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
 
 app = ClientApp()
@@ -70,17 +74,19 @@ def train(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_node_config(context.node_config)
     plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
     torch.manual_seed(plan.seed)
-    student = _load_student(node)
+    # Only the embeddings and blocks below the cut take memory; the rest stays on "meta".
+    student = build_device_student(_student_config(node), plan.cut_layer)
+    device_part = DevicePart.from_parts(
+        assets.load_teacher_embedding(node.cache_dir), student, plan.cut_layer
+    )
     weights = msg.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
     expected = device_param_names(student, plan.cut_layer)
     if sorted(weights) != sorted(expected):
         raise ModelError(
-            f"train message carries {len(weights)} tensors, cut {plan.cut_layer} needs {len(expected)}"
+            f"train message carries {len(weights)} tensors; "
+            f"cut {plan.cut_layer} needs {len(expected)}"
         )
-    student.load_state_dict(weights, strict=False)
-    device_part = DevicePart.from_parts(
-        assets.load_teacher_embedding(node.cache_dir), student, plan.cut_layer
-    )
+    device_part.student.load_student_state_dict(weights)
     optimizer = torch.optim.AdamW(device_part.student_parameters(), lr=plan.device_lr)
     batches = device_batches(node, load_device_tokenizer(node), plan)
     # Devices never change their clock here; the planner decides only the server's.
@@ -98,8 +104,7 @@ def train(msg: Message, context: Context) -> Message:
             with monitor.measure("device-round"):
                 figures = run_device_round(session, device_part, batches, optimizer)
         energy = monitor.metrics()
-    state = student.state_dict()
-    updated = {name: state[name].detach() for name in expected}
+    updated = device_part.student.student_state_dict()
     metrics = MetricRecord(
         {**figures, **energy, "measured-device-round-s": time.perf_counter() - started}
     )
@@ -125,13 +130,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-def _load_student(node: NodeConfig) -> torch.nn.Module:
+def _student_config(node: NodeConfig) -> PretrainedConfig:
     if not assets.stored_key(node.cache_dir):
         raise ModelError(
             f"device {node.partition_id} has no provisioned assets in {node.cache_dir}"
         )
     config = assets.load_student_config(node.cache_dir)
-    config.tie_word_embeddings = (
-        False  # split training keeps input embedding and head apart
-    )
-    return AutoModelForCausalLM.from_config(config)
+    # Split training keeps the input embedding and the head apart.
+    config.tie_word_embeddings = False
+    return config
+
+
+def _load_student(node: NodeConfig) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_config(_student_config(node))
