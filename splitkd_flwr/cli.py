@@ -2,7 +2,7 @@
 
 import typer
 
-from splitkd_flwr.commands import case_study, plan, prepare, profile, simulate
+from splitkd_flwr.commands import case_study, plan, prepare, profile, report, simulate
 
 app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Flower.")
 
@@ -12,6 +12,7 @@ app.command("case-study")(case_study.case_study)
 app.command()(plan.plan)
 app.command()(prepare.prepare)
 app.command()(simulate.simulate)
+app.command()(report.report)
 
 if __name__ == "__main__":
     app()

@@ -100,3 +100,42 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def read_records(output_dir: Path) -> list[dict[str, Any]]:
+    """The per-round records a run wrote to ``output_dir``."""
+    path = output_dir / METRICS_JSONL
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_JSONL} in {output_dir}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_rounds(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Held-out perplexity, and measured vs modelled round time, per round, as a PNG."""
+    import matplotlib  # noqa: PLC0415 - only runs that plot pay for it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rounds = [r["round"] for r in records if "eval-perplexity" in r]
+    perplexity = [r["eval-perplexity"] for r in records if "eval-perplexity" in r]
+    trained = [r for r in records if r.get("status") == "ok"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(rounds, perplexity, marker="o", label="student")
+    top.set_yscale("log")
+    top.set_ylabel("held-out perplexity")
+    top.grid(True, which="both", alpha=0.3)
+    x = [r["round"] for r in trained]
+    bottom.bar(x, [r.get("measured-round-s", 0.0) for r in trained], label="measured s")
+    if any("modelled-delay-s" in r for r in trained):
+        twin = bottom.twinx()
+        twin.plot(
+            x, [r.get("modelled-delay-s") for r in trained], "r.-", label="modelled s"
+        )
+        twin.set_ylabel("modelled delay (s)", color="r")
+    bottom.set_xlabel("round")
+    bottom.set_ylabel("measured round time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from splitkd_flwr.config import RunConfig
 from splitkd_flwr.dataplane import DataPlane
 from splitkd_flwr.hardware.monitor import HardwareMonitor
-from splitkd_flwr.report import MetricsLog, print_report
+from splitkd_flwr.report import MetricsLog, plot_rounds, print_report
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.strategies.nodes import wait_for_nodes
@@ -145,4 +145,5 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
         summary["deployed student perplexity on devices"] = deployed["perplexity"]
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_report(metrics_log.records, summary)
+    plot_rounds(metrics_log.records, output_dir / "rounds.png")
     return output_dir
