@@ -1,5 +1,6 @@
 """Per-architecture layout of a causal LM: its pieces and how its blocks are fed."""
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, T)
 
 
-class Architecture:
+class Architecture(ABC):
     """How one family of ``*ForCausalLM`` lays out its modules and feeds its blocks.
 
     A subclass names the attributes of the family's decoder and builds the keyword
@@ -60,9 +61,9 @@ class Architecture:
         """Return the norm applied after the last block."""
         return getattr(self.decoder(model), self.norm_attr)
 
+    @abstractmethod
     def input_modules(self, model: PreTrainedModel) -> nn.ModuleDict:
         """Return the modules that turn token ids into the first block's input."""
-        raise NotImplementedError
 
     def context_modules(self, model: PreTrainedModel) -> nn.ModuleDict:
         """Return parameter-free modules every segment needs (rotary tables)."""
@@ -71,12 +72,13 @@ class Architecture:
     def rebuild_context(self, model: PreTrainedModel) -> None:
         """Recompute context buffers (rotary tables) of a model built on meta."""
 
+    @abstractmethod
     def embed(
         self, inputs: nn.ModuleDict, input_ids: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
         """Return the first block's input ``(B, T, d)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def block_kwargs(
         self,
         config: PretrainedConfig,
@@ -86,7 +88,6 @@ class Architecture:
         position_ids: torch.Tensor,
     ) -> BlockKwargs:
         """Return a function giving block ``i``'s keyword arguments for this batch."""
-        raise NotImplementedError
 
 
 class RotaryArchitecture(Architecture):
