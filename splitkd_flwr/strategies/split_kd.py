@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from logging import INFO, WARNING
 from typing import Any
 
@@ -22,6 +22,7 @@ from splitkd_flwr.errors import RoundFailedError, SplitKDError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.report import MetricsLog
 from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.strategies.nodes import NodeRegistry
 from splitkd_flwr.strategies.planning import Plan, Planner
 from splitkd_flwr.strategies.selection import Selector
 from splitkd_flwr.strategies.types import DeviceState
@@ -32,12 +33,6 @@ LinkFn = Callable[
     [DeviceState, int], DeviceState
 ]  # fills in a device's link for a round
 EvalFn = Callable[[], dict[str, float]]
-
-
-@dataclass
-class _Node:
-    state: DeviceState
-    assets_key: str
 
 
 class SplitKD(Strategy):
@@ -78,12 +73,11 @@ class SplitKD(Strategy):
         self.data_plane = data_plane
         self.selector = selector
         self.planner = planner
-        self.assets = assets
         self.metrics_log = metrics_log
         self.evaluate_fn = evaluate_fn
         self.link_fn = link_fn
         self.monitor = monitor or HardwareMonitor.from_config("none", "none")
-        self.nodes: dict[int, _Node] = {}
+        self.nodes = NodeRegistry(assets)
         self._usage: dict[
             int, tuple[float, int]
         ] = {}  # node -> (modelled device J, rounds)
@@ -106,73 +100,6 @@ class SplitKD(Strategy):
             self.config.wire_dtype,
         )
 
-    # --- devices ------------------------------------------------------------------
-
-    def refresh_nodes(self, grid: Grid, timeout_s: float) -> list[DeviceState]:
-        """Profile nodes not seen before, provision those lacking the assets; drop gone ones."""
-        node_ids = set(grid.get_node_ids())
-        for gone in set(self.nodes) - node_ids:
-            log(WARNING, "node %s left the federation", gone)
-            del self.nodes[gone]
-        new = sorted(node_ids - set(self.nodes))
-        if new:
-            queries = [
-                Message(
-                    RecordDict(), dst_node_id=n, message_type=protocol.QUERY_PROFILE
-                )
-                for n in new
-            ]
-            for reply in grid.send_and_receive(queries, timeout=timeout_s):
-                if reply.has_error():
-                    log(
-                        WARNING,
-                        "node %s failed to report its profile: %s",
-                        reply.metadata.src_node_id,
-                        reply.error.reason,
-                    )
-                    continue
-                profile = reply.content[protocol.PROFILE]
-                node_id = reply.metadata.src_node_id
-                self.nodes[node_id] = _Node(
-                    DeviceState(
-                        node_id=node_id,
-                        partition_id=int(profile["partition-id"]),
-                        profile_name=str(profile["device"]),
-                    ),
-                    str(profile["assets-key"]),
-                )
-        stale = [
-            n for n, node in self.nodes.items() if node.assets_key != self.assets.key
-        ]
-        if stale:
-            content = RecordDict(
-                {
-                    protocol.ASSETS: self.assets.config,
-                    protocol.TEACHER_EMBEDDING: self.assets.teacher_embedding,
-                }
-            )
-            messages = [
-                Message(content, dst_node_id=n, message_type=protocol.QUERY_PROVISION)
-                for n in stale
-            ]
-            for reply in grid.send_and_receive(messages, timeout=timeout_s):
-                node_id = reply.metadata.src_node_id
-                if reply.has_error():
-                    log(
-                        WARNING,
-                        "provisioning node %s failed: %s",
-                        node_id,
-                        reply.error.reason,
-                    )
-                    self.nodes.pop(node_id, None)
-                else:
-                    self.nodes[node_id].assets_key = self.assets.key
-        return [
-            node.state
-            for node in self.nodes.values()
-            if node.assets_key == self.assets.key
-        ]
-
     # --- Strategy API -----------------------------------------------------------
 
     def configure_train(
@@ -180,10 +107,9 @@ class SplitKD(Strategy):
     ) -> Iterable[Message]:
         """Select one device, plan its cut, open its data-plane round, build its message."""
         devices = [
-            replace(n.state, energy_used_j=used, rounds_trained=rounds)
-            for n in self.nodes.values()
-            if n.assets_key == self.assets.key
-            for used, rounds in [self._usage.get(n.state.node_id, (0.0, 0))]
+            replace(d, energy_used_j=used, rounds_trained=rounds)
+            for d in self.nodes.ready()
+            for used, rounds in [self._usage.get(d.node_id, (0.0, 0))]
         ]
         if not devices:
             raise RoundFailedError("no provisioned device is connected")
@@ -280,9 +206,8 @@ class SplitKD(Strategy):
         )
         content = RecordDict({protocol.STUDENT: arrays, protocol.EVAL_CONFIG: config})
         return [
-            Message(content, dst_node_id=n, message_type=protocol.EVALUATE)
-            for n, node in self.nodes.items()
-            if node.assets_key == self.assets.key
+            Message(content, dst_node_id=d.node_id, message_type=protocol.EVALUATE)
+            for d in self.nodes.ready()
         ]
 
     def aggregate_evaluate(
@@ -317,7 +242,7 @@ class SplitKD(Strategy):
         config = train_config or ConfigRecord()
         for server_round in range(1, num_rounds + 1):
             started = time.monotonic()
-            self.refresh_nodes(grid, timeout)
+            self.nodes.refresh(grid, timeout)
             record: dict[str, Any] = {"round": server_round}
             try:
                 messages = list(
