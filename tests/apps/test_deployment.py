@@ -23,7 +23,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_two_supernodes_two_rounds(tmp_path: Path, monkeypatch) -> None:
+def test_three_supernodes_one_broken_round_rolled_back(
+    tmp_path: Path, monkeypatch
+) -> None:
     # Prepare
     monkeypatch.setenv("SPLITKD_CACHE", str(tmp_path / "cache"))
     teacher_dir, student_dir = save_tiny_pair(tmp_path / "models", student_layers=4)
@@ -32,13 +34,13 @@ def test_two_supernodes_two_rounds(tmp_path: Path, monkeypatch) -> None:
     run_config = {
         "teacher": str(teacher_dir),
         "student": str(student_dir),
-        "num-rounds": 2,
+        "num-rounds": 3,
         "max-batches-per-epoch": 3,
         "output-dir": str(out),
         "eval-batches": 2,
         "cut-layer": 2,
         "planner": "fixed",
-        "min-nodes": 2,
+        "min-nodes": 3,
         "scenario": "none",
         "round-timeout-s": 240.0,
     }
@@ -46,13 +48,18 @@ def test_two_supernodes_two_rounds(tmp_path: Path, monkeypatch) -> None:
     # Execute
     try:
         federation.start()
-        for partition_id, device in enumerate(("agx-orin-1.3", "orin-nx-0.91")):
+        devices = ("agx-orin-1.3", "orin-nx-0.91", "agx-xavier-1.2")
+        for partition_id, device in enumerate(devices):
             federation.add_supernode(
                 {
                     "partition-id": partition_id,
-                    "num-partitions": 2,
+                    "num-partitions": 3,
                     "device": device,
                     "cache-dir": str(tmp_path / f"node-{partition_id}"),
+                    # The third vehicle's data is gone: its round must fail cleanly.
+                    "data-path": str(tmp_path / "missing.jsonl")
+                    if partition_id == 2
+                    else "",
                 }
             )
         rc = federation.run(ROOT, run_config, timeout_s=480)
@@ -65,8 +72,15 @@ def test_two_supernodes_two_rounds(tmp_path: Path, monkeypatch) -> None:
     records = [
         json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
     ]
-    assert [r["status"] for r in records[1:]] == ["ok", "ok"]
-    assert sorted(r["device"] for r in records[1:]) == ["agx-orin-1.3", "orin-nx-0.91"]
+    assert [r["status"] for r in records[1:]] == ["ok", "ok", "rolled-back"]
+    assert [r["device"] for r in records[1:]] == [
+        "agx-orin-1.3",
+        "orin-nx-0.91",
+        "agx-xavier-1.2",
+    ]
+    # Rolled back exactly: the student after round 3 evaluates bit-for-bit like after round 2.
+    assert records[3]["eval-loss"] == records[2]["eval-loss"]
+    assert "missing.jsonl" in records[3]["error"] or "data plane" in records[3]["error"]
     trained = load_file(str(out / "student" / "model.safetensors"))
     initial = load_file(str(student_dir / "model.safetensors"))
     assert not torch.equal(
