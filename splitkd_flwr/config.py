@@ -9,7 +9,13 @@ from typing import Any
 
 from splitkd_flwr.errors import ConfigError
 
-WIRE_DTYPES = ("fp32", "fp16", "bf16")
+WIRE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+WIRE_BYTES = {
+    "fp32": 4,
+    "fp16": 2,
+    "bf16": 2,
+    "int8": 1,
+}  # per float element on the wire
 DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")
 MODES = ("split-kd", "koala")
 
@@ -105,7 +111,8 @@ class RunConfig:
     )
     student: str = _help("initial student directory or `default`", "default")
     wire_dtype: str = _help(
-        "dtype of float tensors on the data plane: `fp32`, `fp16`, `bf16`", "fp32"
+        "float tensors on the data plane: `fp32`, `fp16`, `bf16`, `int8` (per-channel absmax)",
+        "fp32",
     )
     data_plane_bind: str = _help(
         "host:port the server's data plane listens on (port 0: any free port)",

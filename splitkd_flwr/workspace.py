@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from splitkd_flwr.assets import DeviceAssets
-from splitkd_flwr.config import RunConfig
+from splitkd_flwr.config import WIRE_BYTES, RunConfig
 from splitkd_flwr.data.loading import (
     Examples,
     encode_documents,
@@ -100,7 +100,7 @@ class Workspace:
             seq_len=c.seq_len,
             # Unknown partition sizes (max-batches-per-epoch = 0) are modelled as one batch.
             batches_per_round=c.local_epochs * max(c.max_batches_per_epoch, 1),
-            wire_bytes_per_element=4 if c.wire_dtype == "fp32" else 2,
+            wire_bytes_per_element=WIRE_BYTES[c.wire_dtype],
             # The paper's world prices the Llama-3.2-1B / Llama-3.1-8B pair (cost.py's defaults)
             # at the trained student's depth, so a cut index means the same block in both;
             # without it the trained models themselves are priced.

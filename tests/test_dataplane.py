@@ -65,7 +65,7 @@ def _assert_unchanged(server: SplitServer, snapshot: tuple[dict, dict]) -> None:
 
 
 def _device_round(
-    server: SplitServer, plane: DataPlane, token: str
+    server: SplitServer, plane: DataPlane, token: str, wire_dtype: str = "fp32"
 ) -> dict[str, torch.Tensor]:
     """A device with its own copy of the student and only the teacher's embedding table."""
     student = copy.deepcopy(server.student)
@@ -73,7 +73,9 @@ def _device_round(
         server.teacher.get_input_embeddings().weight.detach(), student, CUT
     )
     optimizer = torch.optim.AdamW(part.student_parameters(), lr=1e-2)
-    with DeviceSession(plane.address, token, timeout_s=5.0) as session:
+    with DeviceSession(
+        plane.address, token, timeout_s=5.0, wire_dtype=wire_dtype
+    ) as session:
         run_device_round(session, part, _batches(), optimizer)
     return {n: student.state_dict()[n] for n in device_param_names(student, CUT)}
 
@@ -218,3 +220,27 @@ def test_device_killed_mid_round_rolls_back_and_the_next_round_succeeds(setup) -
     weights = _device_round(server, plane, token)
     assert round_.finish()["batches"] == 3
     server.commit(CUT, weights)
+
+
+@pytest.mark.parametrize("wire_dtype", ["bf16", "int8"])
+def test_a_round_trains_over_a_compressed_wire(setup, wire_dtype: str) -> None:
+    # Prepare: the same data plane, its down frames (gradients) compressed too.
+    server, plane = setup
+    plane.wire_dtype = wire_dtype
+    before = _snapshot(server)
+    token = new_token()
+
+    # Execute
+    round_ = plane.open_round(token, server, CUT)
+    weights = _device_round(server, plane, token, wire_dtype)
+    figures = round_.finish()
+    server.commit(CUT, weights)
+
+    # Assert: fewer bytes than fp32 would take, finite training, weights moved.
+    fp32_up = (
+        3 * 4 * 12 * (32 + 16) * 4
+    )  # 3 batches x (4 x 12) tokens x (d_t + d_s) floats
+    assert figures["measured-bytes-up"] < fp32_up
+    assert figures["train-loss"] == figures["train-loss"]  # not NaN
+    state = server.student.state_dict()
+    assert not torch.equal(state["lm_head.weight"], before[0]["lm_head.weight"])
