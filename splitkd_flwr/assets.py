@@ -40,13 +40,7 @@ class DeviceAssets:
         teacher_embedding: torch.Tensor,
     ) -> DeviceAssets:
         """Pack the assets; ``teacher_embedding`` is the (V, d_teacher) input-embedding table."""
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer.save_pretrained(tmp)
-            files = {
-                p.name: p.read_bytes()
-                for p in sorted(Path(tmp).iterdir())
-                if p.is_file()
-            }
+        files = tokenizer_files(tokenizer)
         digest = hashlib.sha256(student_config_json.encode())
         for name, data in files.items():
             digest.update(name.encode() + data)
@@ -59,11 +53,38 @@ class DeviceAssets:
             {
                 "assets-key": key,
                 "student-config": student_config_json,
-                "tokenizer-files": list(files),
-                "tokenizer-data": list(files.values()),
+                **tokenizer_record(files),
             }
         )
         return cls(key, config, ArrayRecord({_EMBEDDING_KEY: embedding}))
+
+
+def tokenizer_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, bytes]:
+    """The files ``save_pretrained`` writes for ``tokenizer``, by name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {
+            p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()
+        }
+
+
+def tokenizer_record(files: dict[str, bytes]) -> dict[str, list[str] | list[bytes]]:
+    """ConfigRecord entries carrying tokenizer files (``tokenizer-files``, ``tokenizer-data``)."""
+    return {"tokenizer-files": list(files), "tokenizer-data": list(files.values())}
+
+
+def write_tokenizer(record: ConfigRecord, directory: Path, source: str) -> Path:
+    """Write the tokenizer files a record carries into ``directory``; refuse unsafe names."""
+    names = [str(n) for n in record["tokenizer-files"]]  # type: ignore[union-attr]
+    blobs = list(record["tokenizer-data"])  # type: ignore[arg-type]
+    if len(names) != len(blobs) or any(
+        "/" in n or "\\" in n or n.startswith(".") for n in names
+    ):
+        raise ModelError(f"malformed tokenizer files in {source}: {names}")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, blob in zip(names, blobs):
+        (directory / name).write_bytes(blob)  # type: ignore[arg-type]
+    return directory
 
 
 def stored_key(directory: Path) -> str:
@@ -75,10 +96,6 @@ def stored_key(directory: Path) -> str:
 def store(directory: Path, config: ConfigRecord, teacher_embedding: ArrayRecord) -> str:
     """Write received assets into ``directory``; return their key."""
     key = str(config["assets-key"])
-    names = list(config["tokenizer-files"])  # type: ignore[arg-type]
-    blobs = list(config["tokenizer-data"])  # type: ignore[arg-type]
-    if len(names) != len(blobs) or any("/" in n or n.startswith(".") for n in names):
-        raise ModelError(f"malformed tokenizer files in provisioned assets: {names}")
     state = teacher_embedding.to_torch_state_dict()
     if set(state) != {_EMBEDDING_KEY} or state[_EMBEDDING_KEY].ndim != 2:
         raise ModelError("provisioned teacher embedding must be one 2-D table")
@@ -86,10 +103,7 @@ def store(directory: Path, config: ConfigRecord, teacher_embedding: ArrayRecord)
     (directory / _KEY_FILE).unlink(
         missing_ok=True
     )  # a half-written cache is never "current"
-    tok_dir = directory / "tokenizer"
-    tok_dir.mkdir(exist_ok=True)
-    for name, blob in zip(names, blobs):
-        (tok_dir / name).write_bytes(blob)  # type: ignore[arg-type]
+    write_tokenizer(config, directory / "tokenizer", "provisioned assets")
     (directory / "student-config.json").write_text(str(config["student-config"]))
     save_file(state, str(directory / "teacher-embedding.safetensors"))
     (directory / _KEY_FILE).write_text(key)

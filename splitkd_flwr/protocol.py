@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Self
 
 from flwr.app import ConfigRecord
 
@@ -38,8 +39,40 @@ EVAL_CONFIG = "eval-config"
 METRICS = "metrics"
 
 
+class PlanRecord:
+    """A frozen dataclass that travels as a ConfigRecord with hyphenated keys."""
+
+    def to_record(self) -> ConfigRecord:
+        """Encode as a ConfigRecord with hyphenated keys."""
+        return ConfigRecord(
+            {
+                f.name.replace("_", "-"): getattr(self, f.name)
+                for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            }
+        )
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> Self:
+        """Decode; a missing or mistyped key is a ConfigError naming it."""
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            key = f.name.replace("_", "-")
+            if key not in record:
+                raise ConfigError(f"{cls.__name__} lacks {key!r}")
+            value = record[key]
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            if kind is float and isinstance(value, int):
+                value = float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(
+                    f"{cls.__name__} {key!r} must be {kind.__name__}, got {value!r}"
+                )
+            values[f.name] = value
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class RoundPlan:
+class RoundPlan(PlanRecord):
     """What the device needs to run its side of one round (the ``plan`` ConfigRecord)."""
 
     server_round: int
@@ -55,31 +88,3 @@ class RoundPlan:
     frame_timeout_s: float
     seed: int
     tls_root_cert: str  # PEM the device trusts for the data plane ("" = no TLS)
-
-    def to_record(self) -> ConfigRecord:
-        """Encode as a ConfigRecord with hyphenated keys."""
-        return ConfigRecord(
-            {
-                f.name.replace("_", "-"): getattr(self, f.name)
-                for f in dataclasses.fields(self)
-            }
-        )
-
-    @classmethod
-    def from_record(cls, record: ConfigRecord) -> RoundPlan:
-        """Decode; a missing or mistyped key is a ConfigError naming it."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            key = f.name.replace("_", "-")
-            if key not in record:
-                raise ConfigError(f"round plan lacks {key!r}")
-            value = record[key]
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            if kind is float and isinstance(value, int):
-                value = float(value)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ConfigError(
-                    f"round plan {key!r} must be {kind.__name__}, got {value!r}"
-                )
-            values[f.name] = value
-        return cls(**values)
