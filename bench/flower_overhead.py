@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from splitkd_flwr.launch import LocalFederation  # noqa: E402
+from splitkd_flwr.flower.launch import LocalFederation  # noqa: E402
 from tests.apps.tiny import save_tiny_pair  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """KOALA vs its two baselines on the built-in corpus: held-out perplexity, client storage and FLOPs.
 
 In one process, without Flower, with the very functions the KOALA strategy and its ClientApp
-handler call (`splitkd_flwr.knowledge_transfer`). All three start from the same randomly
+handler call (`splitkd_flwr.koala.transfer`). All three start from the same randomly
 initialised large model (the default teacher's architecture) and run the same rounds:
 
 - proxy-only (lower bound): the large model trained with CE on the server's proxy data,
@@ -29,11 +29,11 @@ import torch
 from transformers import LlamaConfig, PreTrainedModel
 
 from splitkd_flwr.data.corpus import generate_corpus
-from splitkd_flwr.data.defaults import default_teacher_config
+from splitkd_flwr.default_models.configs import default_teacher_config
 from splitkd_flwr.data.loading import encode_documents, iterate_batches
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.tokenizer import train_tokenizer
-from splitkd_flwr.knowledge_transfer import (
+from splitkd_flwr.koala.transfer import (
     count_parameters,
     epoch_batches,
     fedavg,

@@ -1,6 +1,6 @@
 """Split step vs unsplit step on CPU: time ratio per cut, bytes each split step sends.
 
-For the default tiny teacher/student (``splitkd_flwr.data.defaults``) and a right-padded
+For the default tiny teacher/student (``splitkd_flwr.default_models.configs``) and a right-padded
 random batch of the default size, one process times the split step (device forward ->
 server step -> device backward, both optimizers) and the unsplit reference step,
 alternating them, and prints the median of each and of their per-pair ratio::
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
-from splitkd_flwr.data.defaults import (
+from splitkd_flwr.default_models.configs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SEQ_LEN,
     PAD_ID,

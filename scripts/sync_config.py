@@ -3,8 +3,8 @@
 import re
 from pathlib import Path
 
-from splitkd_flwr.config import RunConfig, config_table
-from splitkd_flwr.launch import toml_value
+from splitkd_flwr.flower.config import RunConfig, config_table
+from splitkd_flwr.flower.launch import toml_value
 
 root = Path(__file__).resolve().parents[1]
 pyproject = root / "pyproject.toml"

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from splitkd_flwr.errors import SplitKDError
+from splitkd_flwr.core.errors import SplitKDError
 
 
 def plan(
@@ -45,8 +45,8 @@ def plan(
     from splitkd_flwr.simulation.channel import LinkConfig, path_loss_db
     from splitkd_flwr.simulation.devices import load_fleet
     from splitkd_flwr.simulation.scenario import noise_psd
-    from splitkd_flwr.strategies.planning import DeviceOnly, EnergyOptimal, ServerOnly
-    from splitkd_flwr.strategies.types import DeviceState, Workload
+    from splitkd_flwr.simulation.planning import DeviceOnly, EnergyOptimal, ServerOnly
+    from splitkd_flwr.core.types import DeviceState, Workload
 
     try:
         fleet_ = load_fleet(fleet or None)

@@ -7,7 +7,7 @@ import click
 import typer
 from rich.console import Console
 
-from splitkd_flwr.errors import SplitKDError
+from splitkd_flwr.core.errors import SplitKDError
 
 
 def prepare(
@@ -24,7 +24,7 @@ def prepare(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Prepare the default teacher and student (a few minutes once, then cached)."""
-    from splitkd_flwr.data.prepare import TeacherTraining, prepare_default_models
+    from splitkd_flwr.default_models.prepare import TeacherTraining, prepare_default_models
 
     console = Console()
     try:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from splitkd_flwr.errors import SplitKDError
+from splitkd_flwr.core.errors import SplitKDError
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -95,17 +95,17 @@ def profile(
     """Time teacher and student layer by layer, fit the cost model's throughput, write it."""
     import torch
 
-    from splitkd_flwr.data.defaults import (
+    from splitkd_flwr.default_models.configs import (
         default_student_config,
         default_teacher_config,
     )
-    from splitkd_flwr.hardware.calibration import (
+    from splitkd_flwr.calibration.fleet import (
         calibrated_profile,
         check_table,
         fleet_toml,
     )
     from splitkd_flwr.hardware.detect import detect_meter
-    from splitkd_flwr.hardware.profile import profile_machine
+    from splitkd_flwr.calibration.profile import profile_machine
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ from typing import Annotated
 import click
 import typer
 
-from splitkd_flwr.report import plot_rounds, print_report, read_records
+from splitkd_flwr.flower.report import plot_rounds, print_report, read_records
 
 
 def report(

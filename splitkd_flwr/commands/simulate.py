@@ -12,8 +12,8 @@ import click
 import torch
 import typer
 
-from splitkd_flwr.data.prepare import prepare_default_models
-from splitkd_flwr.launch import LocalFederation
+from splitkd_flwr.default_models.prepare import prepare_default_models
+from splitkd_flwr.flower.launch import LocalFederation
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the project root (pyproject.toml)
 

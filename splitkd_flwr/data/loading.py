@@ -9,11 +9,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from splitkd_flwr.data.defaults import DEFAULT_SEQ_LEN
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 _SUFFIX_NAMES = " or ".join(TEXT_SUFFIXES)
+
+# tokens per example; built-in documents are 10-40 tokens long
+DEFAULT_SEQ_LEN = 64
 
 
 def _read_file(path: Path) -> list[str]:

@@ -1,13 +1,13 @@
 """The byte-level BPE tokenizer that the default teacher and student share."""
 
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from splitkd_flwr.data.defaults import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from splitkd_flwr.errors import ConfigError, ModelError
+from splitkd_flwr.core.errors import ConfigError, ModelError
 
 # Added first, in this order, so their ids are the ones the default configs name.
 SPECIAL_TOKENS: dict[str, str] = {
@@ -18,6 +18,12 @@ SPECIAL_TOKENS: dict[str, str] = {
 }
 DEFAULT_VOCAB_SIZE = 1024
 _BYTE_ALPHABET = 256  # byte-level BPE starts from every byte, so no text is unknown
+
+# The built-in tokenizer adds its specials in this order.
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+UNK_ID = 3
 
 
 def train_tokenizer(
@@ -75,3 +81,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as err:
         raise ModelError(f"no loadable tokenizer in {str(directory)!r}: {err}") from err
+
+
+def tokenizer_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, bytes]:
+    """The files ``save_pretrained`` writes for ``tokenizer``, by name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {
+            p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()
+        }

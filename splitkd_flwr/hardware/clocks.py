@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import atexit
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from logging import WARNING
 
-from flwr.common.logger import log
 
 from splitkd_flwr.hardware.meters import HardwareUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,7 @@ class ClockController(ABC):
     def _warn_once(self, reason: str) -> None:
         if reason not in self._warned:
             self._warned.add(reason)
-            log(
-                WARNING,
-                "GPU clock not applied (%s): %s; the run goes on at the current clock",
+            logger.warning("GPU clock not applied (%s): %s; the run goes on at the current clock",
                 self.source,
                 reason,
             )

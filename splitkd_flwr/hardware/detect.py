@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from logging import INFO
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from flwr.common.logger import log
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.hardware.clocks import ClockController, NullClock
 from splitkd_flwr.hardware.jetson import JetsonClock, JetsonMeter
 from splitkd_flwr.hardware.meters import EnergyMeter, HardwareUnavailable, NullMeter
 from splitkd_flwr.hardware.nvml import NvmlClock, NvmlDevice, NvmlMeter
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "nvml", "jetson", "none")
 T = TypeVar("T")
@@ -78,9 +79,7 @@ def detect_meter(
         },
         NullMeter,
     )
-    log(
-        INFO,
-        "Energy meter: %s%s",
+    logger.info("Energy meter: %s%s",
         meter.source,
         f" ({meter.reason})" if isinstance(meter, NullMeter) else "",
     )

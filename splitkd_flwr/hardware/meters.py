@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from logging import WARNING
 
-from flwr.common.logger import log
 
-from splitkd_flwr.errors import SplitKDError
+from splitkd_flwr.core.errors import SplitKDError
+
+logger = logging.getLogger(__name__)
 
 
 class HardwareUnavailable(SplitKDError):
@@ -242,7 +243,7 @@ class SamplingMeter(EnergyMeter):
             self._thread = None
         if self._error is not None:
             note = f"sampling failed: {self._error}"
-            log(WARNING, "%s: %s; phase not measured", self.source, note)
+            logger.warning("%s: %s; phase not measured", self.source, note)
             return EnergyReading(self.source, False, duration_s, note=note)
         samples = sorted(
             self._samples, key=lambda sample: sample[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.hardware.clocks import ClockController, ClockSetting, NullClock
 from splitkd_flwr.hardware.detect import detect_clock, detect_meter
 from splitkd_flwr.hardware.meters import (

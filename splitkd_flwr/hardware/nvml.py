@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from logging import WARNING
 from types import ModuleType
 from typing import Any
 
-from flwr.common.logger import log
 
 from splitkd_flwr.hardware.clocks import ClockController, snap_up
 from splitkd_flwr.hardware.meters import (
@@ -15,6 +14,8 @@ from splitkd_flwr.hardware.meters import (
     HardwareUnavailable,
     SamplingMeter,
 )
+
+logger = logging.getLogger(__name__)
 
 _MHZ = 1e6
 
@@ -121,7 +122,7 @@ class NvmlMeter(SamplingMeter):
             return int(nvml.nvmlDeviceGetTotalEnergyConsumption(self.device.handle))
         except nvml.NVMLError as err:
             reason = self.device.error_reason(err, "reading energy")
-            log(WARNING, "%s: %s; phase not measured", self.source, reason)
+            logger.warning("%s: %s; phase not measured", self.source, reason)
             return None
 
     def _begin(self) -> None:

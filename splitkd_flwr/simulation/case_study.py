@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.cost import DeviceArrays
 from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
-from splitkd_flwr.strategies.planning import DeviceOnly, EnergyOptimal, Plan, ServerOnly
-from splitkd_flwr.strategies.selection import load_selector
-from splitkd_flwr.strategies.types import DeviceState, Workload
+from splitkd_flwr.simulation.planning import DeviceOnly, EnergyOptimal, Plan, ServerOnly
+from splitkd_flwr.simulation.selection import load_selector
+from splitkd_flwr.core.types import DeviceState, Workload
 
 METHODS = ("proposed", "server-only", "device-only")
 NOISES = ("good", "normal", "poor")

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.devices import FLOPS_PER_CYCLE_PER_CORE, DeviceProfile
-from splitkd_flwr.strategies.types import Workload
+from splitkd_flwr.core.types import Workload
 
 # Public Hugging Face configs of the modelled pair. The paper's text says "teacher 64 blocks,
 # student 12"; the released models have 32 and 16, and those are what we model by default.

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 
 FLOPS_PER_CYCLE_PER_CORE = 2.0  # one FP32 fused multiply-add per core per cycle
 

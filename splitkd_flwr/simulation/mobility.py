@@ -10,7 +10,7 @@ from itertools import accumulate
 
 import numpy as np
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 
 KMH = 1 / 3.6  # m/s per km/h
 _HEADINGS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # east, north, west, south

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 
 # (Qm, R x 1024) for CQI 1..15; CQI 0 is "out of range" (no transmission).
 CQI_TABLES: dict[str, tuple[tuple[int, float], ...]] = {

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.channel import (
     NOISE_PSD_DBM_HZ,
     LinkConfig,
@@ -19,7 +19,7 @@ from splitkd_flwr.simulation.channel import (
 from splitkd_flwr.simulation.cost import CostModel, DeviceArrays
 from splitkd_flwr.simulation.devices import DeviceProfile, Fleet, load_fleet
 from splitkd_flwr.simulation.mobility import ManhattanGrid, Mobility, Route
-from splitkd_flwr.strategies.types import DeviceState, Workload
+from splitkd_flwr.core.types import DeviceState, Workload
 
 
 class Link(NamedTuple):

@@ -12,7 +12,7 @@ from transformers.masking_utils import (
     create_sliding_window_causal_mask,
 )
 
-from splitkd_flwr.errors import ModelError
+from splitkd_flwr.core.errors import ModelError
 
 # Block keyword arguments for block ``i`` (absolute index in the full model).
 BlockKwargs = Callable[[int], dict[str, Any]]

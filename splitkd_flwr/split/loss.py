@@ -1,18 +1,15 @@
 """Knowledge-distillation losses: forward/reverse KL, generalized JSD, top-k, KD+CE."""
 
 import math
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.constants import DIVERGENCES, IGNORE_INDEX, Divergence
+from splitkd_flwr.core.errors import ConfigError
 
-IGNORE_INDEX = -100
-
-Divergence = Literal["forward-kl", "reverse-kl", "jsd"]
-DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 
 
 # Every divergence below works on log-probabilities over the last dimension. Vocabulary

@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from splitkd_flwr.errors import CutLayerError, ModelError
+from splitkd_flwr.core.errors import CutLayerError, ModelError
 from splitkd_flwr.split.adapters import check_model_type
 
 logger = logging.getLogger(__name__)

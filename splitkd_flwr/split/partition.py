@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from splitkd_flwr.errors import ModelError
+from splitkd_flwr.core.errors import ModelError
 from splitkd_flwr.split.adapters import (
     architecture_of,
     check_model_type,
@@ -116,16 +116,11 @@ class StudentSegment(nn.Module):
         Raises
         ------
         ModelError
-            ``state`` lacks keys of this segment or has others.
+            ``state`` lacks keys of this segment, has others, a wrong shape or NaN/inf.
         """
-        expected = set(self.student_state_dict())
-        if set(state) != expected:
-            missing = sorted(expected - set(state))
-            extra = sorted(set(state) - expected)
-            raise ModelError(
-                f"Segment weights do not match blocks [{self.start}, {self.stop}): "
-                f"missing {missing[:5]}, unexpected {extra[:5]}."
-            )
+        check_weights(
+            self.student_state_dict(), state, f"segment [{self.start}, {self.stop})"
+        )
         for prefix, module in self._prefixes.items():
             n = len(prefix) + 1
             own = {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
@@ -247,6 +242,30 @@ class ServerPart(nn.Module):
     def student_parameters(self) -> Iterator[nn.Parameter]:
         """Return the trainable (student) parameters, for the server optimizer."""
         return self.student.parameters()
+
+
+def check_weights(
+    expected: Mapping[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor],
+    what: str,
+) -> None:
+    """Raise ``ModelError`` unless ``weights`` has exactly ``expected``'s names and shapes
+    and holds only finite values; the one check for weights that crossed the network."""
+    if set(weights) != set(expected):
+        missing = sorted(set(expected) - set(weights))[:3]
+        extra = sorted(set(weights) - set(expected))[:3]
+        raise ModelError(
+            f"{what} do not match: missing {missing}, unexpected {extra} "
+            f"({len(weights)} tensors, {len(expected)} expected)"
+        )
+    for name, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelError(
+                f"{what}: {name} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[name].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"{what}: {name} holds NaN or inf")
 
 
 def partition(

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 import torch
 from transformers import PreTrainedModel
 
-from splitkd_flwr.errors import ModelError
+from splitkd_flwr.core.errors import ModelError
 from splitkd_flwr.split.partition import (
+    check_weights,
     ServerPart,
     device_param_names,
     partition,
@@ -77,30 +78,19 @@ class SplitServer:
             raise ModelError("SplitServer.step called outside a round")
         return server_step(self._part, smashed, self.optimizer, self.loss_fn)
 
-    def commit(
-        self, cut_layer: int, device_weights: Mapping[str, torch.Tensor]
-    ) -> None:
+    def commit(self, device_weights: Mapping[str, torch.Tensor]) -> None:
         """Load the device's updated weights into the global student and end the round.
 
         Raises ``ModelError`` (and changes nothing) if the weights are not exactly the
-        device side of ``cut_layer`` with the right shapes, or hold NaN/inf.
+        device side of the open round's cut with the right shapes, or hold NaN/inf.
         """
-        expected = device_param_names(self.student, cut_layer)
-        if cut_layer != self.cut_layer or sorted(device_weights) != sorted(expected):
-            missing = sorted(set(expected) - set(device_weights))[:3]
-            extra = sorted(set(device_weights) - set(expected))[:3]
-            raise ModelError(
-                f"device weights do not match cut {cut_layer}: missing {missing}, unexpected {extra}"
-            )
+        if self.cut_layer is None:
+            raise ModelError("SplitServer.commit called outside a round")
         state = self.student.state_dict()
-        for name, tensor in device_weights.items():
-            if tensor.shape != state[name].shape:
-                raise ModelError(
-                    f"device weight {name} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(state[name].shape)}"
-                )
-            if not torch.isfinite(tensor).all():
-                raise ModelError(f"device weight {name} holds NaN or inf")
+        expected = {
+            name: state[name] for name in device_param_names(self.student, self.cut_layer)
+        }
+        check_weights(expected, device_weights, f"device weights (cut {self.cut_layer})")
         with torch.no_grad():
             for name, tensor in device_weights.items():
                 state[name].copy_(tensor)

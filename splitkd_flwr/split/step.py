@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from splitkd_flwr.errors import SplitKDError
+from splitkd_flwr.core.errors import SplitKDError
 from splitkd_flwr.split.adapters import position_ids_from_mask
 from splitkd_flwr.split.loss import IGNORE_INDEX
 from splitkd_flwr.split.partition import DevicePart, ServerPart

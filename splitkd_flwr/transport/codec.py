@@ -10,7 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.constants import WIRE_DTYPES
+from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.frame import Frame, Scalar, TensorSpec, check_spec
 
 __all__ = [
@@ -28,7 +29,6 @@ DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
 MAX_NDIM = 8
 MAX_TENSORS = 255
 MAX_META_BYTES = 64 * 1024
-WIRE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 # Codes are part of the wire format: never renumber, only append.
 _CODE_TO_DTYPE: dict[int, torch.dtype] = {

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.errors import TransportError
 
 __all__ = ["Frame", "Scalar", "TensorSpec", "check_spec"]
 

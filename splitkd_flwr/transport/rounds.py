@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.frame import Frame, TensorSpec
 
 __all__ = ["OnFrame", "RoundHandle", "RoundStats"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport import wire
 from splitkd_flwr.transport.codec import (
     DEFAULT_MAX_FRAME_BYTES,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.errors import TransportError
 
 # One generic stream-stream method carrying raw bytes: no protoc code generation needed.
 METHOD = "/splitkd.DataPlane/Round"

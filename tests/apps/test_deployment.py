@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from splitkd_flwr.launch import LocalFederation
+from splitkd_flwr.flower.launch import LocalFederation
 from tests.apps.tiny import save_tiny_pair
 
 ROOT = Path(__file__).resolve().parents[2]

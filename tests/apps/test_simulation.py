@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from splitkd_flwr.launch import LocalFederation
+from splitkd_flwr.flower.launch import LocalFederation
 from splitkd_flwr.transport.stream import self_signed
 from tests.apps.tiny import save_tiny_pair
 

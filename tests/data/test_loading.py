@@ -14,7 +14,7 @@ from splitkd_flwr.data.loading import (
     read_documents,
 )
 from splitkd_flwr.data.tokenizer import train_tokenizer
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

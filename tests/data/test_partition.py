@@ -7,7 +7,7 @@ import pytest
 
 from splitkd_flwr.data.corpus import generate_corpus
 from splitkd_flwr.data.partition import dirichlet_partition, split_corpus
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 
 DOCUMENTS = generate_corpus(3000)
 

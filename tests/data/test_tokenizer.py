@@ -4,9 +4,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from splitkd_flwr.data.corpus import generate_corpus
-from splitkd_flwr.data.defaults import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from splitkd_flwr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from splitkd_flwr.data.tokenizer import load_tokenizer, train_tokenizer
-from splitkd_flwr.errors import ConfigError, ModelError
+from splitkd_flwr.core.errors import ConfigError, ModelError
 
 TEXTS = [d.text for d in generate_corpus(500)]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.hardware.clocks import NullClock
 from splitkd_flwr.hardware.detect import detect_clock, detect_meter
 from splitkd_flwr.hardware.jetson import JetsonClock, JetsonMeter

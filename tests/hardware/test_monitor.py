@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, MetricRecord
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 
 from .fake_nvml import FakeNVML

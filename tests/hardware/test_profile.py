@@ -10,9 +10,9 @@ import typer
 from typer.testing import CliRunner
 
 from splitkd_flwr.commands.profile import profile as profile_command
-from splitkd_flwr.errors import ConfigError
-from splitkd_flwr.hardware.calibration import calibrated_profile, fleet_toml
-from splitkd_flwr.hardware.profile import (
+from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.calibration.fleet import calibrated_profile, fleet_toml
+from splitkd_flwr.calibration.profile import (
     MachineProfile,
     OpTiming,
     cost_model_for,

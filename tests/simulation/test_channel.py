@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.channel import (
     LinkConfig,
     correlated_gaussian,

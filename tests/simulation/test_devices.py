@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, Fleet, load_fleet
 
 

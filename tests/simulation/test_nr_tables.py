@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.nr_tables import (
     CQI_TABLES,
     CQI_THRESHOLDS_DB,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splitkd_flwr.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.split.loss import (
     IGNORE_INDEX,
     KDLoss,

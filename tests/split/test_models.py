@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import BertConfig, LlamaConfig, PreTrainedTokenizerFast, T5Config
 
-from splitkd_flwr.errors import ModelError
+from splitkd_flwr.core.errors import ModelError
 from splitkd_flwr.split import models
 from splitkd_flwr.split.adapters import SUPPORTED_MODEL_TYPES
 from splitkd_flwr.split.models import (

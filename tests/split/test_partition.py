@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from splitkd_flwr.errors import CutLayerError, ModelError
+from splitkd_flwr.core.errors import CutLayerError, ModelError
 from splitkd_flwr.split.models import load_causal_lm, untie_embeddings
 from splitkd_flwr.split.partition import (
     DevicePart,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from splitkd_flwr.errors import SplitKDError
+from splitkd_flwr.core.errors import SplitKDError
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.models import load_causal_lm, untie_embeddings
 from splitkd_flwr.split.partition import device_param_names, partition

@@ -5,7 +5,7 @@ import struct
 import pytest
 import torch
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.codec import (
     ALIGN_BYTES,
     decode_frame,

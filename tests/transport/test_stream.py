@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from splitkd_flwr.errors import TransportError
+from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.stream import (
     DataPlaneServer,
     DeviceSession,

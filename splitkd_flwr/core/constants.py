@@ -1,0 +1,17 @@
+"""Values that several layers must agree on; each has its one home here."""
+
+from typing import Literal, get_args
+
+# Label of a position with no next-token target (PyTorch's cross-entropy default).
+IGNORE_INDEX = -100
+
+WireDtype = Literal["fp32", "fp16", "bf16", "int8"]
+# Float tensors on the data plane travel in one of these; integers always go as they are.
+WIRE_DTYPES: tuple[str, ...] = get_args(WireDtype)
+# Bytes per float element on the wire (int8 adds one fp32 scale per channel).
+WIRE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+Divergence = Literal["forward-kl", "reverse-kl", "jsd"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+
+MODES: tuple[str, ...] = ("split-kd", "koala")

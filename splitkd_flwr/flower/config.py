@@ -1,0 +1,213 @@
+"""The run configuration: every `[tool.flwr.app.config]` key, typed, documented, checked once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitkd_flwr.core.constants import DIVERGENCES, MODES, WIRE_DTYPES
+from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.records import from_hyphenated, hyphenated, to_hyphenated
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of splitkd-flwr, built from ``context.run_config`` (hyphenated keys).
+
+    Each field is one key of ``[tool.flwr.app.config]`` (``num_rounds`` <-> ``num-rounds``);
+    the README's configuration table is this class's help texts.
+    """
+
+    mode: str = _help(
+        "`split-kd` (the paper's split KD) or `koala` (federated knowledge transfer)",
+        "split-kd",
+    )
+    num_rounds: int = _help(
+        "training rounds; one device trains with the server per round", 10
+    )
+    local_epochs: int = _help(
+        "passes of the selected device over its local data per round", 1
+    )
+    max_batches_per_epoch: int = _help(
+        "cap on mini-batches per local epoch (0: the whole partition; the modelled cost then assumes 1)",
+        16,
+    )
+    batch_size: int = _help("sequences per mini-batch", 8)
+    seq_len: int = _help(
+        "tokens per sequence (longer texts are chunked, shorter padded)", 64
+    )
+    device_lr: float = _help(
+        "AdamW learning rate of the device-side student layers", 3e-3
+    )
+    server_lr: float = _help(
+        "AdamW learning rate of the server-side student layers", 3e-3
+    )
+    kd_alpha: float = _help(
+        "weight of cross-entropy; `1 - kd-alpha` weighs T^2 * divergence", 0.5
+    )
+    kd_temperature: float = _help(
+        "softmax temperature T of the distillation term (see README, Figures)",
+        2.0,
+    )
+    kd_divergence: str = _help(
+        "`forward-kl` (KL(teacher||student)), `reverse-kl` or `jsd`", "forward-kl"
+    )
+    kd_beta: float = _help(
+        "JSD mixture weight (only for `jsd`; 0 = forward KL, 1 = reverse KL)", 0.5
+    )
+    cut_layer: int = _help(
+        "cut for the `fixed` planner: device runs student blocks [0, cut)", 4
+    )
+    selector: str = _help(
+        "device selector: a registered name or `package.module:Class`", "round-robin"
+    )
+    planner: str = _help(
+        "`energy-optimal`, `server-only`, `device-only`, `fixed` or `package.module:Class`",
+        "energy-optimal",
+    )
+    delay_bound_s: float = _help(
+        "round delay bound of the modelled round for `energy-optimal` (0: none)", 0.0
+    )
+    scenario: str = _help(
+        "`paper`: modelled 5G NR links and Table II hardware per vehicle; `none`: no model",
+        "paper",
+    )
+    scenario_noise: str = _help(
+        "noise PSD: `good` / `normal` / `poor` (-166 / -163 / -160 dBm/Hz) or a number",
+        "normal",
+    )
+    scenario_fleet: str = _help(
+        "TOML of device profiles (see docs/case-study.md); empty: paper Table II", ""
+    )
+    scenario_round_interval_s: float = _help(
+        "mobility time between round starts in the modelled world", 10.0
+    )
+    server_clock: str = _help(
+        "apply the planned server GPU clock: `auto`, `nvml` or `none`", "auto"
+    )
+    server_energy_meter: str = _help(
+        "server energy meter: `auto`, `nvml` or `none`", "auto"
+    )
+    min_nodes: int = _help("devices that must be connected before round 1 starts", 1)
+    eval_data: str = _help(
+        "server's held-out text (.txt/.jsonl/dir) or `builtin`", "builtin"
+    )
+    teacher: str = _help(
+        "teacher directory (`save_pretrained` layout) or `default`", "default"
+    )
+    student: str = _help("initial student directory or `default`", "default")
+    wire_dtype: str = _help(
+        "float tensors on the data plane: `fp32`, `fp16`, `bf16`, `int8` (per-channel absmax)",
+        "fp32",
+    )
+    data_plane_bind: str = _help(
+        "host:port the server's data plane listens on (port 0: any free port)",
+        "127.0.0.1:0",
+    )
+    data_plane_address: str = _help(
+        "host:port devices dial (empty: the bound address)", ""
+    )
+    data_plane_certfile: str = _help(
+        "PEM certificate of the data plane (empty: no TLS; loopback only)", ""
+    )
+    data_plane_keyfile: str = _help("PEM private key of that certificate", "")
+    frame_timeout_s: float = _help(
+        "a device or server silent this long ends the round", 60.0
+    )
+    round_timeout_s: float = _help(
+        "upper bound on one round's Flower message round trip", 1800.0
+    )
+    eval_batches: int = _help(
+        "held-out mini-batches the server evaluates per round (0: all)", 8
+    )
+    output_dir: str = _help(
+        "where metrics, the config and the final student are written", "outputs"
+    )
+    seed: int = _help("seed for data partitioning, selection and initialisation", 0)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, allowed: str) -> None:
+            value = getattr(self, key.replace("-", "_"))
+            if not ok:
+                raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+        need(self.mode in MODES, "mode", f"one of {MODES}")
+        need(self.num_rounds >= 1, "num-rounds", ">= 1")
+        need(self.local_epochs >= 1, "local-epochs", ">= 1")
+        need(self.max_batches_per_epoch >= 0, "max-batches-per-epoch", ">= 0")
+        need(self.batch_size >= 1, "batch-size", ">= 1")
+        need(self.seq_len >= 2, "seq-len", ">= 2")
+        need(self.device_lr > 0, "device-lr", "> 0")
+        need(self.server_lr > 0, "server-lr", "> 0")
+        need(0.0 <= self.kd_alpha <= 1.0, "kd-alpha", "in [0, 1]")
+        need(self.kd_temperature > 0, "kd-temperature", "> 0")
+        need(
+            self.kd_divergence in DIVERGENCES, "kd-divergence", f"one of {DIVERGENCES}"
+        )
+        need(0.0 <= self.kd_beta <= 1.0, "kd-beta", "in [0, 1]")
+        need(self.delay_bound_s >= 0, "delay-bound-s", ">= 0")
+        need(self.scenario in ("paper", "none"), "scenario", "`paper` or `none`")
+        need(self.scenario_round_interval_s >= 0, "scenario-round-interval-s", ">= 0")
+        need(
+            self.server_clock in ("auto", "nvml", "none"),
+            "server-clock",
+            "`auto`, `nvml` or `none`",
+        )
+        need(
+            self.server_energy_meter in ("auto", "nvml", "none"),
+            "server-energy-meter",
+            "`auto`, `nvml` or `none`",
+        )
+        need(self.min_nodes >= 1, "min-nodes", ">= 1")
+        need(self.cut_layer >= 1, "cut-layer", ">= 1")
+        need(self.wire_dtype in WIRE_DTYPES, "wire-dtype", f"one of {WIRE_DTYPES}")
+        need(_is_host_port(self.data_plane_bind), "data-plane-bind", "'host:port'")
+        need(
+            not self.data_plane_address or _is_host_port(self.data_plane_address),
+            "data-plane-address",
+            "'host:port' or empty",
+        )
+        need(
+            bool(self.data_plane_certfile) == bool(self.data_plane_keyfile),
+            "data-plane-keyfile",
+            "given together with data-plane-certfile",
+        )
+        need(self.frame_timeout_s > 0, "frame-timeout-s", "> 0")
+        need(self.round_timeout_s > 0, "round-timeout-s", "> 0")
+        need(self.eval_batches >= 0, "eval-batches", ">= 0")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's ``context.run_config``; unknown keys and bad types are errors."""
+        return from_hyphenated(cls, run_config, partial=True, what="run-config")
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The hyphenated-key mapping (saved beside the student, sent to clients)."""
+        return to_hyphenated(self)
+
+
+def config_keys() -> list[str]:
+    """All run-config keys, hyphenated, in declaration order."""
+    return [hyphenated(f.name) for f in dataclasses.fields(RunConfig)]
+
+
+def config_table() -> str:
+    """The README's Markdown table of keys, defaults and meanings."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(RunConfig):
+        default = f'`"{f.default}"`' if isinstance(f.default, str) else f"`{f.default}`"
+        rows.append(
+            f"| `{hyphenated(f.name)}` | {default} | {f.metadata['help']} |"
+        )
+    return "\n".join(rows)
+
+
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)

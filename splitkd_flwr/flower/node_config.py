@@ -1,0 +1,67 @@
+"""What a device (SuperNode) says about itself: `--node-config` keys, checked once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitkd_flwr.default_models.prepare import default_cache_dir
+from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.simulation.devices import DEFAULT_DEVICES
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A device's identity and local resources.
+
+    In simulation Flower fills ``partition-id`` and ``num-partitions``; in deployment they
+    come from ``flower-supernode --node-config "partition-id=0 num-partitions=2 ..."``.
+    """
+
+    partition_id: int
+    num_partitions: int
+    device: str  # device-profile name (Table II), used by the planner's cost model
+    data_path: str  # "" = the built-in corpus partition `partition-id`
+    cache_dir: Path  # provisioned assets and the deployed student live here
+    energy_meter: str  # "auto", "nvml", "jetson" or "none"
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeConfig:
+        """Parse Flower's ``context.node_config``."""
+        try:
+            partition_id = int(node_config.get("partition-id", 0))
+            num_partitions = int(node_config.get("num-partitions", 1))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"partition-id / num-partitions must be integers: {err}"
+            ) from err
+        if not 0 <= partition_id < num_partitions:
+            raise ConfigError(
+                f"partition-id must be in [0, num-partitions={num_partitions}), got {partition_id}"
+            )
+        cache_dir = (
+            Path(str(node_config.get("cache-dir", "")))
+            if node_config.get("cache-dir")
+            else (default_cache_dir() / "nodes" / f"partition-{partition_id}")
+        )
+        device = str(node_config.get("device", "")) or default_device(partition_id)
+        meter = str(node_config.get("energy-meter", "auto"))
+        if meter not in ("auto", "nvml", "jetson", "none"):
+            raise ConfigError(
+                f"energy-meter must be auto, nvml, jetson or none, got {meter!r}"
+            )
+        return cls(
+            partition_id=partition_id,
+            num_partitions=num_partitions,
+            device=device,
+            data_path=str(node_config.get("data-path", "")),
+            cache_dir=cache_dir,
+            energy_meter=meter,
+        )
+
+
+def default_device(partition_id: int) -> str:
+    """The paper's Table II fleet: vehicle ``partition-id + 1`` of the ten, wrapping around."""
+    return DEFAULT_DEVICES[partition_id % len(DEFAULT_DEVICES)]

@@ -1,0 +1,282 @@
+"""KOALA's steps in plain PyTorch: local CE, FedAvg, consensus soft labels, reverse/forward KD.
+
+No Flower here: the strategy (`strategies/koala.py`), the ClientApp handler
+(`koala_client.py`) and the experiment (`bench/koala_experiment.py`) all call these.
+
+Consensus rule (heterogeneous mode). The paper's exact weighting was not available, so
+this one is ours: for every token, the soft label is a mixture of the small models'
+distributions at temperature T,
+
+    q(v) = sum_k w_k * p_k(v),   w_k ∝ n_k * max_v' p_k(v'),
+
+where ``n_k`` is the number of examples architecture k's clients trained on this round
+(its share of the federation's data) and ``max_v' p_k(v')`` its confidence on that very
+token. It needs no labels, so the proxy data stays unlabelled; a model that is unsure
+where another is sure yields to it token by token, and with one architecture it is
+exactly that model's distribution (homogeneous mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from splitkd_flwr.data.loading import Examples, iterate_batches
+from splitkd_flwr.core.errors import ConfigError, ModelError
+from splitkd_flwr.split.loss import IGNORE_INDEX, KDLoss, cross_entropy
+from splitkd_flwr.split.step import make_labels
+
+Batch = Mapping[str, Tensor]
+TeacherFn = Callable[
+    [Batch], Tensor
+]  # batch -> (B, T, V) logits at the loss's temperature
+CLIP_NORM = 1.0  # gradient clipping of every step: tiny models on tiny data spike early
+
+
+def _logits(model: nn.Module, batch: Batch) -> Tensor:
+    return model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+    optimizer.step()
+
+
+def epoch_batches(
+    examples: Examples, batch_size: int, epochs: int, max_batches: int, seed: int
+) -> list[dict[str, Tensor]]:
+    """``epochs`` shuffled passes over ``examples``, each capped at ``max_batches`` (0: none)."""
+    batches: list[dict[str, Tensor]] = []
+    for epoch in range(epochs):
+        shuffled = iterate_batches(
+            examples, batch_size, shuffle=True, seed=seed * 1000 + epoch
+        )
+        for index, batch in enumerate(shuffled):
+            if max_batches and index >= max_batches:
+                break
+            batches.append(batch)
+    return batches
+
+
+def train_ce(model: nn.Module, batches: Iterable[Batch], lr: float) -> dict[str, float]:
+    """Train ``model`` on next-token cross-entropy (a client's local step); return its figures.
+
+    A fresh AdamW per call: clients keep no optimizer state between rounds.
+
+    Returns
+    -------
+    dict[str, float]
+        ``train-loss`` (token mean), ``num-examples`` (sequences), ``tokens``, ``batches``.
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    loss_sum = tokens = examples = steps = 0.0
+    for batch in batches:
+        labels = make_labels(batch["input_ids"], batch["attention_mask"])  # (B, T)
+        loss = cross_entropy(_logits(model, batch), labels)
+        _step(model, optimizer, loss)
+        count = float((labels != IGNORE_INDEX).sum())
+        loss_sum += loss.item() * count
+        tokens, examples, steps = tokens + count, examples + len(labels), steps + 1
+    return {
+        "train-loss": loss_sum / max(tokens, 1.0),
+        "num-examples": examples,
+        "tokens": tokens,
+        "batches": steps,
+    }
+
+
+def fedavg(
+    states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]
+) -> dict[str, Tensor]:
+    """Weighted mean of same-architecture state dicts (non-float buffers: the first's).
+
+    Raises
+    ------
+    ModelError
+        No states, weights that do not sum to > 0, or states with different keys/shapes.
+    """
+    if not states or len(states) != len(weights) or sum(weights) <= 0:
+        raise ModelError(
+            f"fedavg needs states and positive weights, got {len(states)} and {list(weights)}"
+        )
+    keys = set(states[0])
+    for state in states[1:]:
+        if set(state) != keys:
+            raise ModelError(
+                f"fedavg of different architectures: keys {sorted(keys ^ set(state))[:3]} differ"
+            )
+    total = float(sum(weights))
+    averaged = {}
+    for name, first in states[0].items():
+        if not first.is_floating_point():
+            averaged[name] = first.clone()
+            continue
+        if any(s[name].shape != first.shape for s in states):
+            raise ModelError(
+                f"fedavg: tensor {name!r} has different shapes across clients"
+            )
+        averaged[name] = sum(
+            s[name].float() * (w / total) for s, w in zip(states, weights)
+        ).to(first.dtype)
+    return averaged
+
+
+def consensus_log_probs(
+    logits: Sequence[Tensor], num_examples: Sequence[float], temperature: float
+) -> Tensor:
+    """Log of the consensus soft labels ``sum_k w_k p_k`` (module docstring: the rule).
+
+    Parameters
+    ----------
+    logits : Sequence[Tensor]
+        One (B, T, V) tensor per small model, same shape.
+    num_examples : Sequence[float]
+        Examples each model's clients trained on this round (its prior weight), > 0.
+    temperature : float
+        Every ``p_k`` is ``softmax(logits_k / temperature)``.
+
+    Returns
+    -------
+    Tensor
+        (B, T, V) fp32 log-probabilities (each row sums to 1 in probability).
+    """
+    if not logits or len(logits) != len(num_examples) or min(num_examples) <= 0:
+        raise ConfigError(
+            f"consensus needs >= 1 model and positive example counts, got {list(num_examples)}"
+        )
+    logp = torch.stack(
+        [F.log_softmax(x.float() / temperature, dim=-1) for x in logits]
+    )  # (K, B, T, V)
+    prior = (
+        torch.tensor([float(n) for n in num_examples]).log().view(-1, 1, 1, 1)
+    )  # (K, 1, 1, 1)
+    log_w = prior + logp.max(dim=-1, keepdim=True).values  # (K, B, T, 1)
+    log_w = log_w - torch.logsumexp(
+        log_w, dim=0, keepdim=True
+    )  # normalised over models
+    return torch.logsumexp(log_w + logp, dim=0)  # (B, T, V)
+
+
+def consensus_teacher(
+    models: Sequence[nn.Module], num_examples: Sequence[float], temperature: float
+) -> TeacherFn:
+    """A teacher whose logits, softened at ``temperature``, give the consensus exactly."""
+
+    def teach(batch: Batch) -> Tensor:
+        log_q = consensus_log_probs(
+            [_logits(m.eval(), batch) for m in models], num_examples, temperature
+        )
+        # log_softmax(T * log q / T) = log q: the loss re-softens and gets q back.
+        return temperature * log_q  # (B, T, V)
+
+    return teach
+
+
+def model_teacher(model: nn.Module) -> TeacherFn:
+    """A single model as teacher (forward KD: the large model teaches a small one)."""
+    return lambda batch: _logits(model.eval(), batch)
+
+
+def distill(
+    student: nn.Module,
+    teacher: TeacherFn,
+    batches: Iterable[Batch],
+    lr: float,
+    loss: KDLoss,
+) -> dict[str, float]:
+    """Train ``student`` towards ``teacher`` on (unlabelled) ``batches``; return the mean KD term.
+
+    The proxy data's tokens only mask padding: with ``loss.alpha == 0`` no label is used.
+    """
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    kd_sum = steps = 0.0
+    for batch in batches:
+        with torch.no_grad():
+            teacher_logits = teacher(batch)  # (B, T, V)
+        student.train()
+        labels = make_labels(
+            batch["input_ids"], batch["attention_mask"]
+        )  # (B, T) mask only
+        terms = loss(_logits(student, batch), teacher_logits, labels)
+        _step(student, optimizer, terms.loss)
+        kd_sum, steps = kd_sum + terms.kd.item(), steps + 1
+    return {"kd-loss": kd_sum / max(steps, 1.0), "batches": steps}
+
+
+def unlabelled_kd_loss(
+    temperature: float, divergence: str = "forward-kl", beta: float = 0.5
+) -> KDLoss:
+    """The KD loss of both transfer directions: no CE term (the proxy data has no labels)."""
+    return KDLoss(alpha=0.0, temperature=temperature, divergence=divergence, beta=beta)
+
+
+def server_transfer(
+    large: nn.Module,
+    smalls: Sequence[nn.Module],
+    updates: Sequence[Sequence[tuple[Mapping[str, Tensor], float]]],
+    proxy_batches: Sequence[Batch],
+    loss: KDLoss,
+    large_lr: float,
+    small_lr: float,
+) -> dict[str, float]:
+    """One KOALA server step: aggregate, reverse KD (small -> large), forward KD (large -> small).
+
+    Parameters
+    ----------
+    large : nn.Module
+        The server's large model, trained in place.
+    smalls : Sequence[nn.Module]
+        One global small model per architecture, replaced and trained in place.
+    updates : Sequence[Sequence[tuple[Mapping[str, Tensor], float]]]
+        Per architecture, its clients' ``(state dict, num examples)`` of this round.
+    proxy_batches : Sequence[Batch]
+        The server's unlabelled proxy mini-batches.
+    loss : KDLoss
+        Usually `unlabelled_kd_loss`.
+    large_lr, small_lr : float
+        AdamW learning rates of the two KD directions.
+
+    Returns
+    -------
+    dict[str, float]
+        ``reverse-kd-loss``, ``forward-kd-loss-<k>`` per architecture, ``architectures-heard``.
+    """
+    if len(updates) != len(smalls):
+        raise ConfigError(
+            f"{len(updates)} update groups for {len(smalls)} architectures"
+        )
+    heard, counts = [], []
+    for small, group in zip(smalls, updates):
+        if group:  # same architecture: averaging weights is well defined (FedAvg)
+            small.load_state_dict(fedavg([s for s, _ in group], [n for _, n in group]))
+            heard.append(small)
+            counts.append(float(sum(n for _, n in group)))
+    metrics: dict[str, float] = {"architectures-heard": float(len(heard))}
+    if not heard:
+        return metrics
+    teacher = consensus_teacher(heard, counts, loss.temperature)
+    metrics["reverse-kd-loss"] = distill(large, teacher, proxy_batches, large_lr, loss)[
+        "kd-loss"
+    ]
+    for index, small in enumerate(smalls):
+        forward = distill(small, model_teacher(large), proxy_batches, small_lr, loss)
+        metrics[f"forward-kd-loss-{index}"] = forward["kd-loss"]
+    return metrics
+
+
+def state_of(model: nn.Module) -> dict[str, Tensor]:
+    """Detached CPU copies of ``model``'s weights (for a message or an average)."""
+    return {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,275 @@
+"""Cut-layer and server-clock planners."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.simulation.cost import CostModel, DeviceArrays, RoundCost
+from splitkd_flwr.simulation.devices import Fleet, load_fleet
+from splitkd_flwr.core.components import load_component
+from splitkd_flwr.core.types import DeviceState, Workload
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A round's decision: where to cut the student and how fast to clock the server GPU."""
+
+    cut_layer: int
+    server_clock_hz: float | None = None  # None: leave the clock alone
+    feasible: bool = (
+        True  # False: no plan met the delay bound; this one has the least delay
+    )
+    modelled: dict[str, float] = field(
+        default_factory=dict
+    )  # e.g. delay_s, energy_j per part
+
+
+class Planner(ABC):
+    """Choose the cut layer (and server clock) for the selected device.
+
+    Subclass it and name your class in the run config
+    (``planner = "mypkg.mymod:MyPlanner"``); it is built as
+    ``MyPlanner(workload, cut_layer=..., delay_bound_s=..., **options)``.
+    """
+
+    def __init__(
+        self, workload: Workload, cut_layer: int = 1, delay_bound_s: float | None = None
+    ) -> None:
+        self.workload = workload
+        self.cut_layer = cut_layer
+        self.delay_bound_s = delay_bound_s
+
+    @abstractmethod
+    def plan(self, device: DeviceState, server_round: int) -> Plan:
+        """Return the plan for ``device`` in ``server_round``."""
+
+
+class ModelledPlanner(Planner):
+    """A planner that sizes each plan with the cost model (simulation/cost.py).
+
+    Parameters
+    ----------
+    workload, cut_layer, delay_bound_s
+        As :class:`Planner`; ``delay_bound_s`` is the round's delay bound (None: unbounded).
+    fleet : Fleet | str | Path | None
+        Device profiles (``DeviceState.profile_name`` keys) and the server; a TOML path,
+        or None for the paper's Table II fleet.
+    attention_factor : float
+        Passed to :class:`CostModel`.
+    """
+
+    def __init__(
+        self,
+        workload: Workload,
+        cut_layer: int = 1,
+        delay_bound_s: float | None = None,
+        *,
+        fleet: Fleet | str | Path | None = None,
+        attention_factor: float = 1.0,
+    ) -> None:
+        super().__init__(workload, cut_layer, delay_bound_s)
+        if delay_bound_s is not None and not delay_bound_s > 0:
+            raise ConfigError(
+                f"delay-bound-s must be > 0 or unset, got {delay_bound_s}"
+            )
+        self.fleet = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
+        self.server = self.fleet.server_profile
+        self.cost = CostModel(workload, self.server, attention_factor)
+        self.clock_steps_hz = np.asarray(self.server.clock_steps_hz)  # (K,) ascending
+
+    def _links(
+        self, devices: Sequence[DeviceState]
+    ) -> tuple[DeviceArrays, np.ndarray, np.ndarray]:
+        missing = [
+            d.partition_id
+            for d in devices
+            if d.uplink_bps is None or d.downlink_bps is None
+        ]
+        if missing:
+            raise ConfigError(
+                f"{type(self).__name__} needs uplink_bps and downlink_bps; devices {missing} lack them"
+            )
+        profiles = [self.fleet.profile(d.profile_name) for d in devices]
+        up = np.array([d.uplink_bps for d in devices], dtype=float)
+        down = np.array([d.downlink_bps for d in devices], dtype=float)
+        return DeviceArrays.of(profiles), up, down
+
+    def _fixed_cut(
+        self, device: DeviceState, cut_layer: int, clock_hz: float | None
+    ) -> Plan:
+        """Plan ``cut_layer`` with its modelled cost at ``clock_hz`` (None: the server's top clock)."""
+        arrays, up, down = self._links([device])
+        clock = self.server.clock_hz if clock_hz is None else clock_hz
+        cost = self.cost.evaluate(arrays, up, down, [[[clock]]], [[[cut_layer - 1]]])
+        modelled = cost.record((0, 0, 0))
+        bound = self.delay_bound_s
+        return Plan(
+            cut_layer, clock_hz, bound is None or modelled["delay_s"] <= bound, modelled
+        )
+
+
+class Fixed(ModelledPlanner):
+    """The configured ``cut-layer`` every round; the server clock is left alone."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        cut_layer: int = 1,
+        delay_bound_s: float | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(workload, cut_layer, delay_bound_s, **options)
+        if not 1 <= cut_layer <= workload.num_student_layers - 1:
+            raise ConfigError(
+                f"cut-layer must be in 1..{workload.num_student_layers - 1}, got {cut_layer}"
+            )
+
+    def plan(self, device: DeviceState, server_round: int) -> Plan:
+        """Return the fixed cut (modelled when the device's link is known)."""
+        if device.uplink_bps is None or device.downlink_bps is None:
+            return Plan(cut_layer=self.cut_layer)
+        return self._fixed_cut(device, self.cut_layer, None)
+
+
+class ServerOnly(ModelledPlanner):
+    """The paper's server-only baseline: the device trains student layer 1 (cut 1)."""
+
+    def plan(self, device: DeviceState, server_round: int) -> Plan:
+        """Cut 1, server clock left alone (modelled at its top clock)."""
+        return self._fixed_cut(device, 1, None)
+
+
+class DeviceOnly(ModelledPlanner):
+    """The paper's device-only baseline: the device trains student layers 1..L-1 (cut L-1)."""
+
+    def plan(self, device: DeviceState, server_round: int) -> Plan:
+        """Cut L-1, server clock left alone (modelled at its top clock)."""
+        return self._fixed_cut(device, self.workload.num_student_layers - 1, None)
+
+
+class EnergyOptimal(ModelledPlanner):
+    """Minimum round energy over (cut layer, server clock step) subject to the delay bound.
+
+    Exact: for each cut the server's energy ``(kappa f^3 + P_s) W / f`` is convex in ``f``
+    and the delay falls with ``f``, so the best feasible step is the first one at or above
+    ``max(f_required, f*)`` (``f* = (P_s / 2 kappa)^(1/3)``) or the one just below ``f*``;
+    those candidates (plus the next step up, against rounding at the bound) are costed with
+    the same model as an exhaustive search. When no plan meets the bound, the least-delay
+    plan (top clock) is returned with ``feasible=False`` and a warning.
+    """
+
+    def plan(self, device: DeviceState, server_round: int) -> Plan:
+        """Return the energy-optimal plan for ``device``."""
+        return self.plan_many([device], server_round)[0]
+
+    def plan_many(
+        self,
+        devices: Sequence[DeviceState],
+        server_round: int,
+        warn: bool = True,
+        delay_bounds_s: Sequence[float] | None = None,
+    ) -> list[Plan]:
+        """Plan every device of ``devices`` in one vectorised pass.
+
+        ``warn`` logs infeasible plans; ``delay_bounds_s`` (one per device) overrides the
+        planner's bound.
+        """
+        arrays, up, down = self._links(devices)
+        steps = self.clock_steps_hz
+        cost = self.cost
+        base = cost.evaluate(
+            arrays, up, down, steps[-1:]
+        )  # (D, C, 1) clock-independent parts
+        fixed_s = (base.delay_s - base.server_compute_s)[..., 0]  # (D, C)
+        if delay_bounds_s is None:
+            delay_bounds_s = [
+                np.inf if self.delay_bound_s is None else self.delay_bound_s
+            ] * len(devices)
+        bound = np.asarray(delay_bounds_s, dtype=float)[:, None]  # (D, 1)
+        slack_s = bound - fixed_s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f_req = np.where(
+                slack_s > 0, cost.server_cycles / slack_s, np.inf
+            )  # (D, C)
+        target = np.maximum(f_req, self.server.energy_optimal_clock_hz)
+        hi = np.searchsorted(steps, target)  # first step >= target; K when none
+        cand = np.stack([hi - 1, hi, hi + 1], axis=-1)  # (D, C, 3)
+        valid = (cand >= 0) & (cand < len(steps))
+        grid = cost.evaluate(
+            arrays,
+            up,
+            down,
+            steps[np.clip(cand, 0, len(steps) - 1)],
+            np.arange(cost.num_cuts)[None, :, None],
+        )
+        ok = valid & (grid.delay_s <= bound[..., None])
+        energy = np.where(ok, grid.energy_j, np.inf).reshape(
+            len(devices), -1
+        )  # (D, C*3)
+        best = energy.argmin(axis=1)
+        plans = []
+        for d, state in enumerate(devices):
+            if np.isfinite(energy[d, best[d]]):
+                c, k = np.unravel_index(best[d], cand.shape[1:])
+                plans.append(self._to_plan(grid, (d, int(c), int(k)), True))
+                continue
+            cut = int(np.argmin(base.delay_s[d, :, 0]))  # top clock is the fastest
+            if warn:
+                logger.warning("round %s: no plan for node %s meets the delay bound %.3g s; least "
+                    "delay %.3g s at cut %s",
+                    server_round,
+                    state.node_id,
+                    bound[d, 0],
+                    base.delay_s[d, cut, 0],
+                    cut + 1,
+                )
+            plans.append(self._to_plan(base, (d, cut, 0), False))
+        return plans
+
+    def _to_plan(
+        self, cost: RoundCost, index: tuple[int, int, int], feasible: bool
+    ) -> Plan:
+        modelled = cost.record(index)
+        return Plan(
+            int(self.cost.cuts[index[1]]),
+            modelled["server_clock_hz"],
+            feasible,
+            modelled,
+        )
+
+
+PLANNERS: dict[str, type[Planner]] = {
+    "device-only": DeviceOnly,
+    "energy-optimal": EnergyOptimal,
+    "fixed": Fixed,
+    "server-only": ServerOnly,
+}
+
+
+def load_planner(
+    spec: str,
+    workload: Workload,
+    cut_layer: int = 1,
+    delay_bound_s: float | None = None,
+    **options: Any,
+) -> Planner:
+    """Build a planner from a registered name or a dotted path; ``options`` go to its constructor."""
+    return load_component(
+        spec,
+        Planner,
+        PLANNERS,
+        workload,
+        cut_layer=cut_layer,
+        delay_bound_s=delay_bound_s,
+        **options,
+    )

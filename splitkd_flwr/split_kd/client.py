@@ -1,0 +1,132 @@
+"""The device side of split KD: profile, provisioning, one split round per `train`, deployment.
+
+Handlers of the ClientApp (:mod:`splitkd_flwr.client_app` registers them); the contract
+is :mod:`splitkd_flwr.split_kd.protocol`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from splitkd_flwr.core.errors import ModelError
+from splitkd_flwr.flower.device_data import (
+    device_batches,
+    device_eval_batches,
+    load_device_tokenizer,
+)
+from splitkd_flwr.flower.node_config import NodeConfig
+from splitkd_flwr.hardware.monitor import HardwareMonitor
+from splitkd_flwr.split.evaluate import evaluate_lm
+from splitkd_flwr.split.partition import DevicePart, build_device_student
+from splitkd_flwr.split_kd import assets, protocol
+from splitkd_flwr.split_kd.dataplane import run_device_round
+from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
+
+
+def profile(msg: Message, context: Context) -> Message:
+    """Say who this device is and which assets it already holds."""
+    node = NodeConfig.from_node_config(context.node_config)
+    record = ConfigRecord(
+        {
+            "partition-id": node.partition_id,
+            "device": node.device,
+            "assets-key": assets.stored_key(node.cache_dir),
+        }
+    )
+    return Message(RecordDict({protocol.PROFILE: record}), reply_to=msg)
+
+
+def provision(msg: Message, context: Context) -> Message:
+    """Store the student config, tokenizer and teacher embedding the server sent."""
+    node = NodeConfig.from_node_config(context.node_config)
+    key = assets.store(
+        node.cache_dir,
+        msg.content[protocol.ASSETS],
+        msg.content[protocol.TEACHER_EMBEDDING],
+    )
+    return Message(
+        RecordDict({protocol.PROFILE: ConfigRecord({"assets-key": key})}), reply_to=msg
+    )
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Run the device side of one split round over the data plane; return its layers."""
+    started = time.perf_counter()
+    node = NodeConfig.from_node_config(context.node_config)
+    plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
+    torch.manual_seed(plan.seed)
+    # Only the embeddings and blocks below the cut take memory; the rest stays on "meta".
+    student = build_device_student(_student_config(node), plan.cut_layer)
+    device_part = DevicePart.from_parts(
+        assets.load_teacher_embedding(node.cache_dir), student, plan.cut_layer
+    )
+    # The one check of the received names, shapes and values is in load_student_state_dict.
+    device_part.student.load_student_state_dict(
+        msg.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+    )
+    optimizer = torch.optim.AdamW(device_part.student_parameters(), lr=plan.device_lr)
+    batches = device_batches(node, load_device_tokenizer(node), plan)
+    # Devices never change their clock here; the planner decides only the server's.
+    with HardwareMonitor.from_config(node.energy_meter, "none") as monitor:
+        tls = DeviceTLS(plan.tls_root_cert.encode()) if plan.tls_root_cert else None
+        with DeviceSession(
+            plan.address,
+            plan.token,
+            timeout_s=plan.frame_timeout_s,
+            wire_dtype=plan.wire_dtype,
+            tls=tls,
+        ) as session:
+            # The meter sees the whole round (compute and waits for the server): a sampler
+            # cannot be started per mini-batch without costing more than it measures.
+            with monitor.measure("device-round"):
+                figures = run_device_round(session, device_part, batches, optimizer)
+        energy = monitor.metrics()
+    updated = device_part.student.student_state_dict()
+    metrics = MetricRecord(
+        {**figures, **energy, "measured-device-round-s": time.perf_counter() - started}
+    )
+    content = RecordDict(
+        {protocol.DEVICE_WEIGHTS: ArrayRecord(updated), protocol.METRICS: metrics}
+    )
+    return Message(content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Keep the distilled student (deployment) and report how it does on local data."""
+    node = NodeConfig.from_node_config(context.node_config)
+    student = _load_student(node)
+    student.load_state_dict(msg.content[protocol.STUDENT].to_torch_state_dict())
+    student.save_pretrained(node.cache_dir / "deployed-student")
+    tokenizer = load_device_tokenizer(node)
+    eval_config = msg.content[protocol.EVAL_CONFIG]
+    batches = device_eval_batches(
+        node, tokenizer, int(eval_config["seq-len"]), int(eval_config["batch-size"])
+    )
+    metrics = {k: float(v) for k, v in evaluate_lm(student, batches).items()}
+    return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _student_config(node: NodeConfig) -> PretrainedConfig:
+    if not assets.stored_key(node.cache_dir):
+        raise ModelError(
+            f"device {node.partition_id} has no provisioned assets in {node.cache_dir}"
+        )
+    config = assets.load_student_config(node.cache_dir)
+    # Split training keeps the input embedding and the head apart.
+    config.tie_word_embeddings = False
+    return config
+
+
+def _load_student(node: NodeConfig) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_config(_student_config(node))

@@ -1,0 +1,53 @@
+"""The control-plane contract: Flower message types and record keys shared by both apps.
+
+One run, as the server sees it:
+
+1. ``query.profile`` (shared with KOALA, :mod:`splitkd_flwr.flower.protocol`) to every node -> ``profile`` ConfigRecord: ``partition-id``,
+   ``device`` (a device-profile name), ``assets-key`` (the provisioned assets it holds).
+2. ``query.provision`` to nodes whose ``assets-key`` differs from the server's ->
+   ``assets`` ConfigRecord (student config, tokenizer files, ``assets-key``) and
+   ``teacher-embedding`` ArrayRecord. Devices never receive teacher blocks.
+3. Per round, ``train`` to ONE node -> ``plan`` ConfigRecord (see :class:`RoundPlan`) and
+   ``device-weights`` ArrayRecord (student weights of the device side, layers < cut).
+   The reply carries ``device-weights`` (updated) and ``metrics`` MetricRecord.
+4. At the end, ``evaluate`` to every node -> ``student`` ArrayRecord (the whole distilled
+   student, which the device keeps: deployment) -> ``metrics`` of the student on its data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splitkd_flwr.flower.protocol import METRICS, PROFILE, QUERY_PROFILE, PlanRecord
+
+QUERY_PROVISION = "query.provision"
+TRAIN = "train"
+EVALUATE = "evaluate"
+
+ASSETS = "assets"
+TEACHER_EMBEDDING = "teacher-embedding"
+PLAN = "plan"
+DEVICE_WEIGHTS = "device-weights"
+STUDENT = "student"
+EVAL_CONFIG = "eval-config"
+
+__all__ = ["METRICS", "PROFILE", "QUERY_PROFILE", "PlanRecord", "RoundPlan"]
+
+
+@dataclass(frozen=True)
+class RoundPlan(PlanRecord):
+    """What the device needs to run its side of one round (the ``plan`` ConfigRecord)."""
+
+    server_round: int
+    cut_layer: int
+    local_epochs: int
+    max_batches_per_epoch: int
+    batch_size: int
+    seq_len: int
+    device_lr: float
+    wire_dtype: str
+    address: str  # data-plane host:port to dial
+    token: str  # one-time round token
+    frame_timeout_s: float
+    seed: int
+    tls_root_cert: str  # PEM the device trusts for the data plane ("" = no TLS)

@@ -1,0 +1,316 @@
+"""SplitKD: one device per round (select -> plan -> stream -> commit or roll back)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from transformers import PreTrainedTokenizerBase
+
+from splitkd_flwr.core.errors import RoundFailedError, SplitKDError
+from splitkd_flwr.core.types import DeviceState
+from splitkd_flwr.flower.config import RunConfig
+from splitkd_flwr.flower.loop import RoundStrategy, TrainRound
+from splitkd_flwr.hardware.monitor import HardwareMonitor
+from splitkd_flwr.simulation.planning import Plan, Planner
+from splitkd_flwr.simulation.selection import Selector
+from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.split_kd import protocol
+from splitkd_flwr.split_kd.assets import DeviceAssets
+from splitkd_flwr.split_kd.dataplane import DataPlane, RoundInProgress
+from splitkd_flwr.split_kd.nodes import NodeRegistry
+
+logger = logging.getLogger(__name__)
+
+# How often the loop checks for the device's reply while a round streams.
+_POLL_S = 0.05
+
+# Fills in a device's modelled link for a round.
+LinkFn = Callable[[DeviceState, int], DeviceState]
+EvalFn = Callable[[], dict[str, float]]
+
+
+@dataclass
+class SplitRound(TrainRound):
+    """An open split round: the device, its plan and its data-plane stream."""
+
+    device: DeviceState | None = None
+    plan: Plan | None = None
+    stream: RoundInProgress | None = None
+
+
+class SplitKD(RoundStrategy):
+    """Split knowledge distillation with ONE device per round.
+
+    Contract with the ClientApp (record keys in :mod:`splitkd_flwr.split_kd.protocol`):
+
+    - ``query.profile`` -> the device answers ``profile`` {``partition-id``, ``device``,
+      ``assets-key``}; ``query.provision`` sends ``assets`` + ``teacher-embedding`` to a device
+      whose ``assets-key`` differs from the server's.
+    - ``train`` carries ``plan`` (a :class:`~splitkd_flwr.split_kd.protocol.RoundPlan`) and
+      ``device-weights`` (student tensors of the layers below the cut, embeddings included).
+      Inside its handler the device streams one frame per mini-batch to the data plane
+      (``plan.address``, ``plan.token``) and finally replies ``device-weights`` (updated) and
+      ``metrics``.
+    - ``evaluate`` (once, after the last round) carries ``student``, the whole distilled
+      student, which the device keeps; it replies ``metrics`` on its own data.
+
+    A round whose stream fails, whose reply is an error or carries bad weights is rolled
+    back: the global student and the server optimizer are exactly as before the round.
+    The cut of the open round has one owner, the :class:`SplitServer`.
+    """
+
+    failed_status = "rolled-back"
+
+    def __init__(
+        self,
+        config: RunConfig,
+        server: SplitServer,
+        data_plane: DataPlane,
+        selector: Selector,
+        planner: Planner,
+        assets: DeviceAssets,
+        evaluate_fn: EvalFn,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        teacher_perplexity: float | None = None,
+        link_fn: LinkFn | None = None,
+        monitor: HardwareMonitor | None = None,
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.data_plane = data_plane
+        self.selector = selector
+        self.planner = planner
+        self.evaluate_fn = evaluate_fn
+        self.tokenizer = tokenizer
+        self.teacher_perplexity = teacher_perplexity
+        self.link_fn = link_fn
+        self.monitor = monitor or HardwareMonitor.from_config("none", "none")
+        self.nodes = NodeRegistry(assets)
+        # node -> (modelled device J, rounds): what energy-aware selectors read.
+        self.usage: dict[int, tuple[float, int]] = {}
+        logger.info(
+            "SplitKD: selector=%s planner=%s, data plane %s, wire %s",
+            config.selector,
+            config.planner,
+            data_plane.address,
+            config.wire_dtype,
+        )
+
+    def refresh_nodes(self, grid: Grid, timeout_s: float) -> None:
+        """Profile new devices and provision those lacking the current assets."""
+        self.nodes.refresh(grid, timeout_s)
+
+    def configure_train(self, server_round: int, grid: Grid) -> SplitRound:
+        """Select one device, plan its cut, open its data-plane round, build its message."""
+        devices = [
+            replace(d, energy_used_j=used, rounds_trained=rounds)
+            for d in self.nodes.ready()
+            for used, rounds in [self.usage.get(d.node_id, (0.0, 0))]
+        ]
+        if not devices:
+            raise RoundFailedError("no provisioned device is connected")
+        if self.link_fn is not None:
+            devices = [self.link_fn(d, server_round) for d in devices]
+        device = self.selector.select(devices, server_round)
+        plan = self.planner.plan(device, server_round)
+        if plan.server_clock_hz is not None:
+            self.monitor.apply_clock(plan.server_clock_hz)
+        token = secrets.token_urlsafe(24)
+        stream = self.data_plane.open_round(
+            token, self.server, plan.cut_layer, self.monitor
+        )
+        round_plan = self._round_plan(server_round, plan.cut_layer, token)
+        content = RecordDict(
+            {
+                protocol.PLAN: round_plan.to_record(),
+                protocol.DEVICE_WEIGHTS: ArrayRecord(
+                    self.server.device_state(plan.cut_layer)
+                ),
+            }
+        )
+        message = Message(
+            content, dst_node_id=device.node_id, message_type=protocol.TRAIN
+        )
+        return SplitRound(
+            server_round,
+            [message],
+            _describe(device, plan),
+            device=device,
+            plan=plan,
+            stream=stream,
+        )
+
+    def _round_plan(
+        self, server_round: int, cut_layer: int, token: str
+    ) -> protocol.RoundPlan:
+        c = self.config
+        return protocol.RoundPlan(
+            server_round=server_round,
+            cut_layer=cut_layer,
+            local_epochs=c.local_epochs,
+            max_batches_per_epoch=c.max_batches_per_epoch,
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            device_lr=c.device_lr,
+            wire_dtype=c.wire_dtype,
+            address=self.data_plane.address,
+            token=token,
+            frame_timeout_s=c.frame_timeout_s,
+            seed=c.seed + server_round,
+            tls_root_cert=self.data_plane.root_cert_pem,
+        )
+
+    def collect_replies(
+        self, grid: Grid, train_round: TrainRound, timeout_s: float
+    ) -> list[Message]:
+        """Wait for the device's reply, but give up as soon as its stream has failed."""
+        assert isinstance(train_round, SplitRound) and train_round.stream is not None
+        (message_id,) = grid.push_messages(train_round.messages)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            replies = list(grid.pull_messages([message_id]))
+            if replies:
+                return replies
+            if train_round.stream.failed():
+                return []  # aggregate_train reports the stream's error
+            time.sleep(_POLL_S)
+        return []
+
+    def aggregate_train(
+        self, train_round: TrainRound, replies: list[Message]
+    ) -> dict[str, Any]:
+        """Commit the device's weights if its stream and reply are sound; else raise."""
+        assert isinstance(train_round, SplitRound) and train_round.stream is not None
+        try:
+            stats = train_round.stream.finish()
+            if not replies:
+                raise RoundFailedError("the device did not reply")
+            reply = replies[0]
+            if reply.has_error():
+                raise RoundFailedError(f"the device reported: {reply.error.reason}")
+            weights = reply.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+            device_metrics = dict(reply.content[protocol.METRICS])
+            self.server.commit(weights)
+        except (SplitKDError, KeyError, TypeError, ValueError) as err:
+            # A malformed reply (missing record, wrong types) is the device's fault, not
+            # the run's: the loop rolls the round back and goes on.
+            raise RoundFailedError(f"{type(err).__name__}: {err}") from err
+        finally:
+            train_round.stream.close()
+        self._charge(train_round)
+        return {**device_metrics, **stats}
+
+    def abort_train(self, train_round: TrainRound | None) -> None:
+        """Close the data-plane round, if any, and restore the server's state before it."""
+        if isinstance(train_round, SplitRound) and train_round.stream is not None:
+            train_round.stream.close()
+        self.server.rollback()
+
+    def _charge(self, train_round: SplitRound) -> None:
+        """Book the round's modelled device energy (for energy-aware selectors)."""
+        assert train_round.device is not None and train_round.plan is not None
+        node_id = train_round.device.node_id
+        used, rounds = self.usage.get(node_id, (0.0, 0))
+        modelled = train_round.plan.modelled
+        spent = modelled.get("device_compute_j", 0.0) + modelled.get("device_tx_j", 0.0)
+        self.usage[node_id] = (used + spent, rounds + 1)
+
+    def round_figures(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Measured server energy and clock, and the control plane's share of the round."""
+        figures = dict(self.monitor.metrics())
+        if "measured-device-round-s" in record:
+            # What the round cost beyond the device's own handler: the Flower message
+            # both ways (and, in simulation, scheduling the ClientApp actor).
+            figures["measured-control-plane-s"] = (
+                record["measured-round-s"] - record["measured-device-round-s"]
+            )
+        return figures
+
+    def evaluate(self) -> dict[str, Any]:
+        """The global student on the server's held-out batches."""
+        return {f"eval-{k}": v for k, v in self.evaluate_fn().items()}
+
+    def finish(
+        self, grid: Grid, output_dir: Path, records: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Save the student, deploy it to every device, summarise the run."""
+        student_dir = output_dir / "student"
+        self.server.student.save_pretrained(student_dir)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(student_dir)
+        initial, final = records[0], records[-1]
+        summary: dict[str, Any] = {
+            "initial student perplexity": initial.get("eval-perplexity"),
+            "final student perplexity": final.get("eval-perplexity"),
+            "teacher perplexity": self.teacher_perplexity,
+            "rounds ok / rolled back": "%d / %d"
+            % (
+                sum(r.get("status") == "ok" for r in records),
+                sum(r.get("status") == self.failed_status for r in records),
+            ),
+            "student saved to": str(student_dir),
+        }
+        deployed = self.deploy(grid, self.config.round_timeout_s)
+        if deployed is not None:
+            summary["deployed student perplexity on devices"] = deployed["perplexity"]
+        return summary
+
+    def deploy(self, grid: Grid, timeout_s: float) -> dict[str, float] | None:
+        """Send the whole student to every provisioned device; token-weighted metrics back."""
+        eval_config = ConfigRecord(
+            {"seq-len": self.config.seq_len, "batch-size": self.config.batch_size}
+        )
+        content = RecordDict(
+            {
+                protocol.STUDENT: ArrayRecord(self.server.student.state_dict()),
+                protocol.EVAL_CONFIG: eval_config,
+            }
+        )
+        messages = [
+            Message(content, dst_node_id=d.node_id, message_type=protocol.EVALUATE)
+            for d in self.nodes.ready()
+        ]
+        if not messages:
+            return None
+        replies = grid.send_and_receive(messages, timeout=timeout_s)
+        return token_weighted_mean(
+            [r.content[protocol.METRICS] for r in replies if not r.has_error()]
+        )
+
+
+def token_weighted_mean(
+    metrics: list[Mapping[str, Any]],
+) -> dict[str, float] | None:
+    """The devices' metrics averaged with their ``tokens`` as weights (None if no tokens)."""
+    total = sum(float(m["tokens"]) for m in metrics)
+    if total == 0:
+        return None
+    keys = [k for k in metrics[0] if k != "tokens"]
+    mean = {
+        k: sum(float(m[k]) * float(m["tokens"]) for m in metrics) / total for k in keys
+    }
+    return {**mean, "tokens": total, "devices": float(len(metrics))}
+
+
+def _describe(device: DeviceState, plan: Plan) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "node": device.node_id,
+        "partition-id": device.partition_id,
+        "device": device.profile_name,
+        "cut-layer": plan.cut_layer,
+        "plan-feasible": plan.feasible,
+        **{f"modelled-{k.replace('_', '-')}": v for k, v in plan.modelled.items()},
+    }
+    if plan.server_clock_hz is not None:
+        described["planned-server-clock-hz"] = plan.server_clock_hz
+    if device.uplink_bps is not None:
+        described["modelled-uplink-bps"] = device.uplink_bps
+    return described

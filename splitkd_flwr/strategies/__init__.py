@@ -1,1 +1,0 @@
-"""Server-side decisions: device selection, cut-layer planning, round loops."""
