@@ -21,7 +21,6 @@ import time
 
 import torch
 
-from splitkd_flwr.default_models.configs import DEFAULT_BATCH_SIZE
 from splitkd_flwr.data.loading import (
     Examples,
     encode_documents,
@@ -29,8 +28,9 @@ from splitkd_flwr.data.loading import (
     iterate_steps,
 )
 from splitkd_flwr.data.partition import builtin_split
-from splitkd_flwr.default_models.prepare import prepare_default_models
 from splitkd_flwr.data.tokenizer import load_tokenizer
+from splitkd_flwr.default_models.configs import DEFAULT_BATCH_SIZE
+from splitkd_flwr.default_models.prepare import prepare_default_models
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.models import load_causal_lm

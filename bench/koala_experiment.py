@@ -29,10 +29,10 @@ import torch
 from transformers import LlamaConfig, PreTrainedModel
 
 from splitkd_flwr.data.corpus import generate_corpus
-from splitkd_flwr.default_models.configs import default_teacher_config
 from splitkd_flwr.data.loading import encode_documents, iterate_batches
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.tokenizer import train_tokenizer
+from splitkd_flwr.default_models.configs import default_teacher_config
 from splitkd_flwr.koala.transfer import (
     count_parameters,
     epoch_batches,

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from splitkd_flwr.simulation.cost import DeviceArrays
-from splitkd_flwr.simulation.scenario import Scenario
-from splitkd_flwr.simulation.planning import EnergyOptimal, ServerOnly
 from splitkd_flwr.core.types import Workload
+from splitkd_flwr.simulation.cost import DeviceArrays
+from splitkd_flwr.simulation.planning import EnergyOptimal, ServerOnly
+from splitkd_flwr.simulation.scenario import Scenario
 
 
 def _time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

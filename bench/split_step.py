@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from splitkd_flwr.data.loading import DEFAULT_SEQ_LEN
 from splitkd_flwr.default_models.configs import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_SEQ_LEN,
     PAD_ID,
     default_student_config,
     default_teacher_config,

@@ -10,8 +10,8 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.calibration.profile import MachineProfile
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, DeviceProfile
 
 

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from splitkd_flwr.core.types import Workload
 from splitkd_flwr.simulation.cost import TRAIN_FACTOR, CostModel, ModelShape
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES
 from splitkd_flwr.split.adapters import architecture_of, position_ids_from_mask
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.partition import partition
 from splitkd_flwr.split.step import device_backward, device_forward, server_step
-from splitkd_flwr.core.types import Workload
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,8 @@ def model_probes(
     shape = ModelShape.from_config(model.config.to_dict())
     arch = architecture_of(model)
     mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)  # (B, T)
-    hidden = torch.randn(
-        batch_size, seq_len, shape.hidden, device=device, dtype=dtype
-    )  # (B, T, d)
+    # (B, T, d)
+    hidden = torch.randn(batch_size, seq_len, shape.hidden, device=device, dtype=dtype)
     context = arch.context_modules(model)
     position_ids = position_ids_from_mask(mask)  # (B, T)
     kwargs_for = arch.block_kwargs(model.config, context, hidden, mask, position_ids)

@@ -42,11 +42,11 @@ def plan(
     fleet: Annotated[str, typer.Option(help="fleet TOML ('' = paper Table II)")] = "",
 ) -> None:
     """Print the energy-optimal plan and the server-only / device-only baselines for one round."""
+    from splitkd_flwr.core.types import DeviceState, Workload
     from splitkd_flwr.simulation.channel import LinkConfig, path_loss_db
     from splitkd_flwr.simulation.devices import load_fleet
-    from splitkd_flwr.simulation.scenario import noise_psd
     from splitkd_flwr.simulation.planning import DeviceOnly, EnergyOptimal, ServerOnly
-    from splitkd_flwr.core.types import DeviceState, Workload
+    from splitkd_flwr.simulation.scenario import noise_psd
 
     try:
         fleet_ = load_fleet(fleet or None)
@@ -54,9 +54,8 @@ def plan(
         link = LinkConfig(noise_psd_dbm_hz=noise_psd(noise))
         loss = float(path_loss_db(distance_m, los, link.environment, link.carrier_hz))
         noise_dbm = link.noise_psd_dbm_hz + 10 * math.log10(link.noise_bandwidth_hz)
-        budget_db = (
-            link.bs_gain_dbi + link.ue_gain_dbi - loss - noise_dbm
-        )  # no shadowing: the median link
+        # no shadowing: the median link
+        budget_db = link.bs_gain_dbi + link.ue_gain_dbi - loss - noise_dbm
         snr = {
             "UL": 10 * math.log10(profile.tx_power_w * 1e3) + budget_db,
             "DL": 10 * math.log10(server.tx_power_w * 1e3) + budget_db,

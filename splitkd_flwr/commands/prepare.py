@@ -24,7 +24,10 @@ def prepare(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Prepare the default teacher and student (a few minutes once, then cached)."""
-    from splitkd_flwr.default_models.prepare import TeacherTraining, prepare_default_models
+    from splitkd_flwr.default_models.prepare import (
+        TeacherTraining,
+        prepare_default_models,
+    )
 
     console = Console()
     try:

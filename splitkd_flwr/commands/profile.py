@@ -95,17 +95,17 @@ def profile(
     """Time teacher and student layer by layer, fit the cost model's throughput, write it."""
     import torch
 
-    from splitkd_flwr.default_models.configs import (
-        default_student_config,
-        default_teacher_config,
-    )
     from splitkd_flwr.calibration.fleet import (
         calibrated_profile,
         check_table,
         fleet_toml,
     )
-    from splitkd_flwr.hardware.detect import detect_meter
     from splitkd_flwr.calibration.profile import profile_machine
+    from splitkd_flwr.default_models.configs import (
+        default_student_config,
+        default_teacher_config,
+    )
+    from splitkd_flwr.hardware.detect import detect_meter
 
     if threads > 0:
         torch.set_num_threads(threads)

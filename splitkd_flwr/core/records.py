@@ -75,8 +75,7 @@ def from_hyphenated(
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown {what} key {unknown[0]!r}; known keys: "
-            + ", ".join(fields)
+            f"unknown {what} key {unknown[0]!r}; known keys: " + ", ".join(fields)
         )
     values: dict[str, Any] = {}
     for key, field in fields.items():

@@ -19,9 +19,8 @@ class DeviceState:
     uplink_bps: float | None = None
     downlink_bps: float | None = None
     snr_db: float | None = None
-    energy_used_j: float = (
-        0.0  # modelled energy this device has spent so far in the run
-    )
+    # Modelled energy this device has spent so far in the run
+    energy_used_j: float = 0.0
     energy_budget_j: float | None = None  # None: unlimited
     rounds_trained: int = 0
 
@@ -35,12 +34,9 @@ class Workload:
     seq_len: int
     batches_per_round: int  # mini-batches per local epoch x local epochs
     wire_bytes_per_element: int = 4  # 4 fp32, 2 fp16/bf16
-    param_bytes_per_element: int = (
-        4  # device-side weights sent down and up once per round
-    )
-    student_config: dict = field(
-        default_factory=dict
-    )  # HF config of the (modelled) student
-    teacher_config: dict = field(
-        default_factory=dict
-    )  # HF config of the (modelled) teacher
+    # Device-side weights sent down and up once per round
+    param_bytes_per_element: int = 4
+    # HF config of the (modelled) student
+    student_config: dict = field(default_factory=dict)
+    # HF config of the (modelled) teacher
+    teacher_config: dict = field(default_factory=dict)

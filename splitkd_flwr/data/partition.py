@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from splitkd_flwr.data.corpus import CORPUS_SEED, Document, generate_corpus
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.data.corpus import CORPUS_SEED, Document, generate_corpus
 
 SERVER_FRACTION = 0.3  # the server's part: teacher training, KOALA proxy data
 EVAL_FRACTION = 0.1  # held out from everyone

@@ -2,8 +2,7 @@
 
 from transformers import LlamaConfig
 
-from splitkd_flwr.data.loading import DEFAULT_SEQ_LEN
-from splitkd_flwr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from splitkd_flwr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 # The case study models Llama-3.2-1B (16 decoder layers) as the student, so the tiny
 # default student is 16 layers deep too: cut layer c means the same block in both.

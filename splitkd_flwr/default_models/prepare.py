@@ -18,17 +18,14 @@ import transformers
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.data.corpus import (
     CORPUS_VERSION,
     DEFAULT_NUM_DOCUMENTS,
     generate_corpus,
 )
-from splitkd_flwr.default_models.configs import (
-    DEFAULT_SEQ_LEN,
-    default_student_config,
-    default_teacher_config,
-)
 from splitkd_flwr.data.loading import (
+    DEFAULT_SEQ_LEN,
     Examples,
     encode_documents,
     iterate_batches,
@@ -36,7 +33,10 @@ from splitkd_flwr.data.loading import (
 )
 from splitkd_flwr.data.partition import split_corpus
 from splitkd_flwr.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
-from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.default_models.configs import (
+    default_student_config,
+    default_teacher_config,
+)
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.loss import cross_entropy
 from splitkd_flwr.split.step import make_labels

@@ -202,9 +202,7 @@ def config_table() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(RunConfig):
         default = f'`"{f.default}"`' if isinstance(f.default, str) else f"`{f.default}`"
-        rows.append(
-            f"| `{hyphenated(f.name)}` | {default} | {f.metadata['help']} |"
-        )
+        rows.append(f"| `{hyphenated(f.name)}` | {default} | {f.metadata['help']} |")
     return "\n".join(rows)
 
 

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.data.loading import (
     Examples,
     encode_documents,
@@ -16,15 +17,12 @@ from splitkd_flwr.data.loading import (
 )
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.data.tokenizer import load_tokenizer
-from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.flower.node_config import NodeConfig
 
-HOLDOUT_EVERY = (
-    10  # every 10th local example is held out to evaluate the deployed student
-)
-PARTITION_SEED = (
-    0  # the built-in partition must be the same on every device and the server
-)
+# Every 10th local example is held out to evaluate the deployed student
+HOLDOUT_EVERY = 10
+# The built-in partition must be the same on every device and the server
+PARTITION_SEED = 0
 
 
 class BatchPlan(Protocol):

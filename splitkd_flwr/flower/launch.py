@@ -71,9 +71,8 @@ class LocalFederation:
     home: Path
     simulation: bool
     threads: int | None = None  # OMP_NUM_THREADS for every process started here
-    http_port: int = field(
-        default_factory=free_port
-    )  # Fleet, Control and runtime APIs (HTTP)
+    # Fleet, Control and runtime APIs (HTTP)
+    http_port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property

@@ -107,7 +107,9 @@ def run_rounds(
             train_round = strategy.configure_train(server_round, grid)
             record.update(train_round.described)
             replies = strategy.collect_replies(grid, train_round, timeout_s)
-            record.update({"status": "ok", **strategy.aggregate_train(train_round, replies)})
+            record.update(
+                {"status": "ok", **strategy.aggregate_train(train_round, replies)}
+            )
         except SplitKDError as err:
             strategy.abort_train(train_round)
             logger.warning(

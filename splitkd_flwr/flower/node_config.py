@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from splitkd_flwr.default_models.prepare import default_cache_dir
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.default_models.prepare import default_cache_dir
 from splitkd_flwr.simulation.devices import DEFAULT_DEVICES
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import atexit
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-
 
 from splitkd_flwr.hardware.meters import HardwareUnavailable
 
@@ -24,9 +23,8 @@ class ClockSetting:
     applied_hz: float | None  # the supported step actually locked, None if not applied
     applied: bool
     reason: str = ""  # why not applied (no permission, not supported, not requested)
-    current_hz: float | None = (
-        None  # the clock read back after the attempt, where readable
-    )
+    # The clock read back after the attempt, where readable
+    current_hz: float | None = None
 
     def to_metrics(self) -> dict[str, int | float]:
         """Flower ``MetricRecord``-ready figures; unknown clocks are left out, not zeroed."""
@@ -92,7 +90,8 @@ class ClockController(ABC):
     def _warn_once(self, reason: str) -> None:
         if reason not in self._warned:
             self._warned.add(reason)
-            logger.warning("GPU clock not applied (%s): %s; the run goes on at the current clock",
+            logger.warning(
+                "GPU clock not applied (%s): %s; the run goes on at the current clock",
                 self.source,
                 reason,
             )

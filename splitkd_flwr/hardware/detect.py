@@ -8,7 +8,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.hardware.clocks import ClockController, NullClock
 from splitkd_flwr.hardware.jetson import JetsonClock, JetsonMeter
@@ -79,7 +78,8 @@ def detect_meter(
         },
         NullMeter,
     )
-    logger.info("Energy meter: %s%s",
+    logger.info(
+        "Energy meter: %s%s",
         meter.source,
         f" ({meter.reason})" if isinstance(meter, NullMeter) else "",
     )

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-
 from splitkd_flwr.core.errors import SplitKDError
 
 logger = logging.getLogger(__name__)
@@ -245,9 +244,8 @@ class SamplingMeter(EnergyMeter):
             note = f"sampling failed: {self._error}"
             logger.warning("%s: %s; phase not measured", self.source, note)
             return EnergyReading(self.source, False, duration_s, note=note)
-        samples = sorted(
-            self._samples, key=lambda sample: sample[0]
-        )  # the thread's last may trail
+        # the thread's last may trail
+        samples = sorted(self._samples, key=lambda sample: sample[0])
         times = [t for t, _ in samples]
         rails_j = {
             rail: integrate_trapezoid(times, [p[rail] for _, p in samples])

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-
 from splitkd_flwr.hardware.clocks import ClockController, snap_up
 from splitkd_flwr.hardware.meters import (
     EnergyReading,

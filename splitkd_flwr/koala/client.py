@@ -8,11 +8,11 @@ import time
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from splitkd_flwr.koala import protocol as kp
-from splitkd_flwr.flower.device_data import device_batches
 from splitkd_flwr.core.errors import ModelError
-from splitkd_flwr.koala.transfer import state_of, train_ce
+from splitkd_flwr.flower.device_data import device_batches
 from splitkd_flwr.flower.node_config import NodeConfig
+from splitkd_flwr.koala import protocol as kp
+from splitkd_flwr.koala.transfer import state_of, train_ce
 from splitkd_flwr.split.models import load_causal_lm
 
 

@@ -51,7 +51,7 @@ class Koala(RoundStrategy):
     architecture (homogeneous mode) the clients' models are averaged and the average
     teaches the large model; with several (heterogeneous mode) each architecture's clients
     are averaged among themselves only and the architectures' outputs, never their weights,
-    are combined into consensus soft labels (`knowledge_transfer.consensus_log_probs`).
+    are combined into consensus soft labels (`transfer.consensus_log_probs`).
     """
 
     def __init__(
@@ -82,7 +82,8 @@ class Koala(RoundStrategy):
     def summary(self) -> None:
         """Log the set-up."""
         mode = "homogeneous" if len(self.smalls) == 1 else "heterogeneous"
-        logger.info("KOALA (%s): %d small architecture(s), %d proxy examples",
+        logger.info(
+            "KOALA (%s): %d small architecture(s), %d proxy examples",
             mode,
             len(self.smalls),
             len(self.proxy),
@@ -141,7 +142,8 @@ class Koala(RoundStrategy):
         losses, examples = [], 0.0
         for reply in replies:
             if reply.has_error():
-                logger.warning("node %s failed its local step: %s",
+                logger.warning(
+                    "node %s failed its local step: %s",
                     reply.metadata.src_node_id,
                     reply.error.reason,
                 )
@@ -150,7 +152,8 @@ class Koala(RoundStrategy):
             assert isinstance(train_round, KoalaRound)
             architecture = train_round.architecture.get(reply.metadata.src_node_id, -1)
             if architecture != int(metrics["architecture"]):  # type: ignore[arg-type]
-                logger.warning("node %s replied for another architecture; ignored",
+                logger.warning(
+                    "node %s replied for another architecture; ignored",
                     reply.metadata.src_node_id,
                 )
                 continue

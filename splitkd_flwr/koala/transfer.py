@@ -1,7 +1,7 @@
 """KOALA's steps in plain PyTorch: local CE, FedAvg, consensus soft labels, reverse/forward KD.
 
-No Flower here: the strategy (`strategies/koala.py`), the ClientApp handler
-(`koala_client.py`) and the experiment (`bench/koala_experiment.py`) all call these.
+No Flower here: the strategy (`koala/strategy.py`), the ClientApp handler
+(`koala/client.py`) and the experiment (`bench/koala_experiment.py`) all call these.
 
 Consensus rule (heterogeneous mode). The paper's exact weighting was not available, so
 this one is ours: for every token, the soft label is a mixture of the small models'
@@ -24,15 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from splitkd_flwr.data.loading import Examples, iterate_batches
 from splitkd_flwr.core.errors import ConfigError, ModelError
+from splitkd_flwr.data.loading import Examples, iterate_batches
 from splitkd_flwr.split.loss import IGNORE_INDEX, KDLoss, cross_entropy
 from splitkd_flwr.split.step import make_labels
 
 Batch = Mapping[str, Tensor]
-TeacherFn = Callable[
-    [Batch], Tensor
-]  # batch -> (B, T, V) logits at the loss's temperature
+# batch -> (B, T, V) logits at the loss's temperature
+TeacherFn = Callable[[Batch], Tensor]
 CLIP_NORM = 1.0  # gradient clipping of every step: tiny models on tiny data spike early
 
 
@@ -152,16 +151,13 @@ def consensus_log_probs(
         raise ConfigError(
             f"consensus needs >= 1 model and positive example counts, got {list(num_examples)}"
         )
-    logp = torch.stack(
-        [F.log_softmax(x.float() / temperature, dim=-1) for x in logits]
-    )  # (K, B, T, V)
-    prior = (
-        torch.tensor([float(n) for n in num_examples]).log().view(-1, 1, 1, 1)
-    )  # (K, 1, 1, 1)
+    # (K, B, T, V)
+    logp = torch.stack([F.log_softmax(x.float() / temperature, dim=-1) for x in logits])
+    # (K, 1, 1, 1)
+    prior = torch.tensor([float(n) for n in num_examples]).log().view(-1, 1, 1, 1)
     log_w = prior + logp.max(dim=-1, keepdim=True).values  # (K, B, T, 1)
-    log_w = log_w - torch.logsumexp(
-        log_w, dim=0, keepdim=True
-    )  # normalised over models
+    # normalised over models
+    log_w = log_w - torch.logsumexp(log_w, dim=0, keepdim=True)
     return torch.logsumexp(log_w + logp, dim=0)  # (B, T, V)
 
 
@@ -202,9 +198,8 @@ def distill(
         with torch.no_grad():
             teacher_logits = teacher(batch)  # (B, T, V)
         student.train()
-        labels = make_labels(
-            batch["input_ids"], batch["attention_mask"]
-        )  # (B, T) mask only
+        # (B, T) mask only
+        labels = make_labels(batch["input_ids"], batch["attention_mask"])
         terms = loss(_logits(student, batch), teacher_logits, labels)
         _step(student, optimizer, terms.loss)
         kd_sum, steps = kd_sum + terms.kd.item(), steps + 1

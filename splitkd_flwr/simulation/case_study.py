@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from splitkd_flwr.core.errors import ConfigError
-from splitkd_flwr.simulation.cost import DeviceArrays
-from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
-from splitkd_flwr.simulation.planning import DeviceOnly, EnergyOptimal, Plan, ServerOnly
-from splitkd_flwr.simulation.selection import load_selector
 from splitkd_flwr.core.types import DeviceState, Workload
+from splitkd_flwr.simulation.cost import DeviceArrays
+from splitkd_flwr.simulation.planning import DeviceOnly, EnergyOptimal, Plan, ServerOnly
+from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
+from splitkd_flwr.simulation.selection import load_selector
 
 METHODS = ("proposed", "server-only", "device-only")
 NOISES = ("good", "normal", "poor")
@@ -35,16 +35,13 @@ class CaseStudyConfig:
     batches_per_round: int = 10  # [assumed] mini-batches x local epochs per round
     wire_bytes: int = 2  # bf16 smashed data and gradients
     param_bytes: int = 2  # bf16 device-side weights, down at the start, up at the end
-    delay_slack: float = (
-        0.25  # bound = (1 + slack) x the round's least achievable delay
-    )
-    delay_bound_s: float | None = (
-        None  # an absolute bound instead (same for every round)
-    )
+    # Bound = (1 + slack) x the round's least achievable delay
+    delay_slack: float = 0.25
+    # An absolute bound instead (same for every round)
+    delay_bound_s: float | None = None
     selector: str = "round-robin"
-    scale_utilisation: float = (
-        1.0  # sensitivity knobs: multiply every profile's eta ...
-    )
+    # Sensitivity knobs: multiply every profile's eta ...
+    scale_utilisation: float = 1.0
     scale_kappa_server: float = 1.0  # ... the server's kappa ...
     scale_static_power: float = 1.0  # ... and every static power
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)

@@ -66,9 +66,8 @@ def path_loss_db(
     fc = carrier_hz / 1e9
     d2d = np.asarray(d2d_m, dtype=float)
     d3d = np.sqrt(d2d**2 + (h_bs - ut_height_m) ** 2)
-    d_bp = (
-        4 * (h_bs - 1.0) * (ut_height_m - 1.0) * carrier_hz / SPEED_OF_LIGHT
-    )  # effective env. height 1 m
+    # effective env. height 1 m
+    d_bp = 4 * (h_bs - 1.0) * (ut_height_m - 1.0) * carrier_hz / SPEED_OF_LIGHT
     if environment == "umi":
         pl1 = 32.4 + 21 * np.log10(d3d) + 20 * math.log10(fc)
         pl2 = (
@@ -129,12 +128,10 @@ class LinkConfig:
     bs_gain_dbi: float = 25.0  # [assumed] BS array gain
     ue_gain_dbi: float = 5.0  # [assumed] UE antenna gain
     cqi_thresholds: str = "5g-lena"  # named table in nr_tables.CQI_THRESHOLDS_DB
-    rate_basis: str = (
-        "mcs"  # rate from the MCS the CQI maps to ("cqi": the CQI entry itself)
-    )
-    num_prb: int = (
-        264  # 400 MHz at mu = 3 (120 kHz SCS); one device uses the carrier at a time
-    )
+    # Rate from the MCS the CQI maps to ("cqi": the CQI entry itself)
+    rate_basis: str = "mcs"
+    # 400 MHz at mu = 3 (120 kHz SCS); one device uses the carrier at a time
+    num_prb: int = 264
     mu: int = 3
     mimo_layers: int = 1
     # a power-limited transmitter is scheduled on fewer PRBs (num_prb / 2^k) when that gives a
@@ -218,9 +215,10 @@ def link_trace(
     ss = np.random.SeedSequence(seed)
     los_rng, los_sf_rng, nlos_sf_rng = (np.random.default_rng(s) for s in ss.spawn(3))
     d2d = np.maximum(np.linalg.norm(positions_m, axis=-1), env["min_d2d_m"])  # (V, T)
+    # (V, T)
     step = np.linalg.norm(
         np.diff(positions_m, axis=1, prepend=positions_m[:, :1]), axis=-1
-    )  # (V, T)
+    )
     # spatially consistent LOS state (TR 38.901 7.6.3.3): a correlated uniform against P_LOS
     z = correlated_gaussian(step, env["los_corr_m"], los_rng)
     uniform = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
@@ -239,9 +237,8 @@ def link_trace(
     )
     noise_dbm = config.noise_psd_dbm_hz + 10 * math.log10(config.noise_bandwidth_hz)
     gains = config.bs_gain_dbi + config.ue_gain_dbi
-    ue_dbm = (
-        10 * np.log10(np.asarray(ue_tx_power_w, dtype=float) * 1e3)[:, None]
-    )  # (V, 1)
+    # (V, 1)
+    ue_dbm = 10 * np.log10(np.asarray(ue_tx_power_w, dtype=float) * 1e3)[:, None]
     up_snr = ue_dbm + gains - loss - noise_dbm
     down_snr = 10 * math.log10(bs_tx_power_w * 1e3) + gains - loss - noise_dbm
     up_cqi, up_bps = config.link_rate(up_snr, "UL")

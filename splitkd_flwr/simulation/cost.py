@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from splitkd_flwr.core.errors import ConfigError
-from splitkd_flwr.simulation.devices import FLOPS_PER_CYCLE_PER_CORE, DeviceProfile
 from splitkd_flwr.core.types import Workload
+from splitkd_flwr.simulation.devices import FLOPS_PER_CYCLE_PER_CORE, DeviceProfile
 
 # Public Hugging Face configs of the modelled pair. The paper's text says "teacher 64 blocks,
 # student 12"; the released models have 32 and 16, and those are what we model by default.
@@ -102,9 +102,8 @@ class RoundCost:
     """Modelled delay (s), energy (J) and bytes of a round; every field broadcasts together."""
 
     device_compute_s: np.ndarray
-    uplink_s: (
-        np.ndarray
-    )  # smashed data + labels every batch, device-side weights at the end
+    # smashed data + labels every batch, device-side weights at the end
+    uplink_s: np.ndarray
     server_compute_s: np.ndarray
     downlink_s: np.ndarray  # gradients every batch, device-side weights at the start
     device_compute_j: np.ndarray
@@ -261,9 +260,8 @@ class CostModel:
             self.student.vocab * self.student.hidden
             + self.student.layer_params * self.cuts
         )
-        self.param_bytes = (
-            device_params * w.param_bytes_per_element
-        )  # (C,) each way per round
+        # (C,) each way per round
+        self.param_bytes = device_params * w.param_bytes_per_element
         self.uplink_bytes = smashed_up + self.param_bytes  # (C,)
         self.downlink_bytes = grad_down + self.param_bytes  # (C,)
         # (C,) server cycles: server_compute_s = server_cycles / f
@@ -304,9 +302,8 @@ class CostModel:
             if cut_index is None
             else np.asarray(cut_index)
         )
-        dev = {
-            f.name: getattr(devices, f.name)[:, None, None] for f in fields(devices)
-        }  # (D, 1, 1)
+        # (D, 1, 1)
+        dev = {f.name: getattr(devices, f.name)[:, None, None] for f in fields(devices)}
         up_bps = np.asarray(uplink_bps, dtype=float)[:, None, None]
         down_bps = np.asarray(downlink_bps, dtype=float)[:, None, None]
         up_bytes, down_bytes = self.uplink_bytes[cut_idx], self.downlink_bytes[cut_idx]

@@ -51,9 +51,8 @@ class ManhattanGrid(Mobility):
 
     speed_kmh: float = 30.0  # paper Section V
     block_m: float = 50.0  # street spacing, [assumed] dense urban block
-    half_size_m: float = (
-        100.0  # streets span [-h, h]^2: a UMi cell (TR 38.901 ISD 200 m)
-    )
+    # Streets span [-h, h]^2: a UMi cell (TR 38.901 ISD 200 m)
+    half_size_m: float = 100.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,18 +63,18 @@ class ManhattanGrid(Mobility):
             )
 
     def _route(self, rng: np.random.Generator, crossings: int) -> np.ndarray:
-        n = int(
-            self.half_size_m // self.block_m
-        )  # crossings at integer (i, j), |i|, |j| <= n
+        # crossings at integer (i, j), |i|, |j| <= n
+        n = int(self.half_size_m // self.block_m)
         x, y = (int(v) for v in rng.integers(-n, n + 1, size=2))
         heading = int(rng.integers(4))
         route = [(x, y)]
         for _ in range(crossings):
+            # straight, left, right
             choices = [
                 heading,
                 (heading + 1) % 4,
                 (heading + 3) % 4,
-            ]  # straight, left, right
+            ]
             weights = [0.5, 0.25, 0.25]
             ok = [
                 abs(x + _HEADINGS[h][0]) <= n and abs(y + _HEADINGS[h][1]) <= n
@@ -102,9 +101,8 @@ class ManhattanGrid(Mobility):
             np.random.SeedSequence(self.seed).spawn(num_vehicles)
         ):
             rng = np.random.default_rng(child)
-            start = rng.uniform(
-                0.0, self.block_m
-            )  # vehicles do not all sit on a crossing at t = 0
+            # vehicles do not all sit on a crossing at t = 0
+            start = rng.uniform(0.0, self.block_m)
             # draws are sequential per vehicle, so a longer horizon keeps the earlier route
             route = self._route(rng, crossings)
             out[v] = _along(route, start + travelled, closed=False)

@@ -153,9 +153,8 @@ def mcs_for_cqi(cqi_table: str) -> np.ndarray:
     modulation and code rate are used)."""
     cqi = np.array([qm * r for qm, r in CQI_TABLES[cqi_table]])
     mcs = np.array([qm * r for qm, r in MCS_TABLES[MCS_FOR_CQI_TABLE[cqi_table]]])
-    idx = (
-        np.searchsorted(mcs, cqi * (1 + 1e-12), side="right") - 1
-    )  # MCS SE is ascending
+    # MCS SE is ascending
+    idx = np.searchsorted(mcs, cqi * (1 + 1e-12), side="right") - 1
     return np.concatenate([[-1], idx])
 
 

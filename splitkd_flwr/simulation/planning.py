@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from splitkd_flwr.core.components import load_component
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.types import DeviceState, Workload
 from splitkd_flwr.simulation.cost import CostModel, DeviceArrays, RoundCost
 from splitkd_flwr.simulation.devices import Fleet, load_fleet
-from splitkd_flwr.core.components import load_component
-from splitkd_flwr.core.types import DeviceState, Workload
 
 logger = logging.getLogger(__name__)
+
+# Index of the one clock (the top step) in a cost evaluated at ``steps[-1:]``.
+_TOP = 0
 
 
 @dataclass(frozen=True)
@@ -26,12 +29,10 @@ class Plan:
 
     cut_layer: int
     server_clock_hz: float | None = None  # None: leave the clock alone
-    feasible: bool = (
-        True  # False: no plan met the delay bound; this one has the least delay
-    )
-    modelled: dict[str, float] = field(
-        default_factory=dict
-    )  # e.g. delay_s, energy_j per part
+    # False: no plan met the delay bound; this one has the least delay
+    feasible: bool = True
+    # e.g. delay_s, energy_j per part
+    modelled: dict[str, float] = field(default_factory=dict)
 
 
 class Planner(ABC):
@@ -187,10 +188,9 @@ class EnergyOptimal(ModelledPlanner):
         arrays, up, down = self._links(devices)
         steps = self.clock_steps_hz
         cost = self.cost
-        base = cost.evaluate(
-            arrays, up, down, steps[-1:]
-        )  # (D, C, 1) clock-independent parts
-        fixed_s = (base.delay_s - base.server_compute_s)[..., 0]  # (D, C)
+        # base[device, cut, TOP]: every cut at the top clock, for the clock-independent parts
+        base = cost.evaluate(arrays, up, down, steps[-1:])
+        fixed_s = (base.delay_s - base.server_compute_s)[..., _TOP]  # (D, C)
         if delay_bounds_s is None:
             delay_bounds_s = [
                 np.inf if self.delay_bound_s is None else self.delay_bound_s
@@ -198,11 +198,11 @@ class EnergyOptimal(ModelledPlanner):
         bound = np.asarray(delay_bounds_s, dtype=float)[:, None]  # (D, 1)
         slack_s = bound - fixed_s
         with np.errstate(divide="ignore", invalid="ignore"):
-            f_req = np.where(
-                slack_s > 0, cost.server_cycles / slack_s, np.inf
-            )  # (D, C)
+            # (D, C)
+            f_req = np.where(slack_s > 0, cost.server_cycles / slack_s, np.inf)
         target = np.maximum(f_req, self.server.energy_optimal_clock_hz)
         hi = np.searchsorted(steps, target)  # first step >= target; K when none
+        # cand[device, cut, k]: the clock step of candidate k (below, at, above target)
         cand = np.stack([hi - 1, hi, hi + 1], axis=-1)  # (D, C, 3)
         valid = (cand >= 0) & (cand < len(steps))
         grid = cost.evaluate(
@@ -213,35 +213,40 @@ class EnergyOptimal(ModelledPlanner):
             np.arange(cost.num_cuts)[None, :, None],
         )
         ok = valid & (grid.delay_s <= bound[..., None])
-        energy = np.where(ok, grid.energy_j, np.inf).reshape(
-            len(devices), -1
-        )  # (D, C*3)
+        # (D, C*3)
+        energy = np.where(ok, grid.energy_j, np.inf).reshape(len(devices), -1)
         best = energy.argmin(axis=1)
         plans = []
         for d, state in enumerate(devices):
             if np.isfinite(energy[d, best[d]]):
-                c, k = np.unravel_index(best[d], cand.shape[1:])
-                plans.append(self._to_plan(grid, (d, int(c), int(k)), True))
+                cut_index, candidate = np.unravel_index(best[d], cand.shape[1:])
+                plans.append(
+                    self._to_plan(grid, (d, int(cut_index), int(candidate)), True)
+                )
                 continue
-            cut = int(np.argmin(base.delay_s[d, :, 0]))  # top clock is the fastest
+            # The top clock is the fastest: the least-delay plan is the best cut there.
+            cut = int(np.argmin(base.delay_s[d, :, _TOP]))
             if warn:
-                logger.warning("round %s: no plan for node %s meets the delay bound %.3g s; least "
+                logger.warning(
+                    "round %s: no plan for node %s meets the delay bound %.3g s; least "
                     "delay %.3g s at cut %s",
                     server_round,
                     state.node_id,
                     bound[d, 0],
-                    base.delay_s[d, cut, 0],
+                    base.delay_s[d, cut, _TOP],
                     cut + 1,
                 )
-            plans.append(self._to_plan(base, (d, cut, 0), False))
+            plans.append(self._to_plan(base, (d, cut, _TOP), False))
         return plans
 
     def _to_plan(
         self, cost: RoundCost, index: tuple[int, int, int], feasible: bool
     ) -> Plan:
+        """The plan at ``cost[device, cut_index, clock]``."""
         modelled = cost.record(index)
+        _, cut_index, _ = index
         return Plan(
-            int(self.cost.cuts[index[1]]),
+            int(self.cost.cuts[cut_index]),
             modelled["server_clock_hz"],
             feasible,
             modelled,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import (
-    Figure,
-)  # no pyplot: no global backend state, renders with Agg
+
+# no pyplot: no global backend state, renders with Agg
+from matplotlib.figure import Figure
 
 from splitkd_flwr.simulation.case_study import (
     METHODS,

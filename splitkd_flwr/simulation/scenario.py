@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.types import DeviceState, Workload
 from splitkd_flwr.simulation.channel import (
     NOISE_PSD_DBM_HZ,
     LinkConfig,
@@ -19,7 +20,6 @@ from splitkd_flwr.simulation.channel import (
 from splitkd_flwr.simulation.cost import CostModel, DeviceArrays
 from splitkd_flwr.simulation.devices import DeviceProfile, Fleet, load_fleet
 from splitkd_flwr.simulation.mobility import ManhattanGrid, Mobility, Route
-from splitkd_flwr.core.types import DeviceState, Workload
 
 
 class Link(NamedTuple):
@@ -47,18 +47,15 @@ class ScenarioConfig:
     """Scenario options; run-config keys are these names hyphenated, with a ``scenario-`` prefix."""
 
     fleet: str = ""  # TOML file of device profiles; "" = paper Table II
-    noise: str = (
-        "normal"  # good / normal / poor (-166 / -163 / -160 dBm/Hz) or a number
-    )
+    # Good / normal / poor (-166 / -163 / -160 dBm/Hz) or a number
+    noise: str = "normal"
     environment: str = "umi"  # TR 38.901 "umi" (street canyon) or "uma"
     cqi_thresholds: str = "5g-lena"  # SINR -> CQI table, see nr_tables.py
-    mobility: str = (
-        "manhattan-grid"  # "manhattan-grid", "route" or "pkg.mod:Class" (a Mobility)
-    )
+    # "manhattan-grid", "route" or "pkg.mod:Class" (a Mobility)
+    mobility: str = "manhattan-grid"
     speed_kmh: float = 30.0  # paper Section V
-    round_interval_s: float = (
-        10.0  # mobility time between round starts, the same for every plan
-    )
+    # Mobility time between round starts, the same for every plan
+    round_interval_s: float = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,9 +106,8 @@ class Scenario:
             cqi_thresholds=self.config.cqi_thresholds,
         )
         self._trace: LinkTrace | None = None
-        self._positions: np.ndarray | None = (
-            None  # (V, T, 2) at round starts, shared by with_noise
-        )
+        # (V, T, 2) at round starts, shared by with_noise
+        self._positions: np.ndarray | None = None
 
     @classmethod
     def from_config(
@@ -166,9 +162,8 @@ class Scenario:
             )
             if self._positions is None or self._positions.shape[1] < horizon:
                 times = np.arange(horizon) * self.config.round_interval_s
-                self._positions = self.mobility.positions(
-                    self.num_devices, times
-                )  # (V, T, 2)
+                # (V, T, 2)
+                self._positions = self.mobility.positions(self.num_devices, times)
             positions = self._positions[:, :horizon]
             tx = np.array(
                 [self.fleet.profile_of(v).tx_power_w for v in range(self.num_devices)]

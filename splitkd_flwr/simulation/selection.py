@@ -93,7 +93,8 @@ class EnergyAware(Selector):
             key=lambda d: (-left(d), d.rounds_trained, d.energy_used_j, *_by_id(d)),
         )
         if left(best) <= 0:
-            logger.warning("round %s: every device has spent its energy budget; selecting node %s",
+            logger.warning(
+                "round %s: every device has spent its energy budget; selecting node %s",
                 server_round,
                 best.node_id,
             )

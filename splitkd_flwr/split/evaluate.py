@@ -27,9 +27,8 @@ def evaluate_lm(
     loss_sum = correct = agree = tokens = 0.0
     for batch in batches:
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[
-            :, :-1
-        ]  # (B, T-1, V)
+        # (B, T-1, V)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
         targets = input_ids[:, 1:]  # (B, T-1)
         keep = mask[:, 1:].bool() & mask[:, :-1].bool()  # a target exists and is real
         logits_kept = logits[keep].float()  # (N, V)
@@ -49,9 +48,8 @@ def evaluate_lm(
     loss = loss_sum / tokens
     metrics = {
         "loss": loss,
-        "perplexity": math.exp(
-            min(loss, 50.0)
-        ),  # exp overflows past ~709; 50 is already absurd
+        # exp overflows past ~709; 50 is already absurd
+        "perplexity": math.exp(min(loss, 50.0)),
         "accuracy": correct / tokens,
         "tokens": tokens,
     }

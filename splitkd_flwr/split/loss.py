@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from splitkd_flwr.core.constants import DIVERGENCES, IGNORE_INDEX, Divergence
+from splitkd_flwr.core.constants import DIVERGENCES, IGNORE_INDEX
 from splitkd_flwr.core.errors import ConfigError
-
 
 
 # Every divergence below works on log-probabilities over the last dimension. Vocabulary
@@ -41,9 +40,10 @@ def _divergence_rows(
         return _kl_rows(t_logp, s_logp, keep)
     if beta == 1.0:
         return _kl_rows(s_logp, t_logp, keep)
+    # (..., V)
     mixture = torch.logsumexp(
         torch.stack([s_logp + math.log(1.0 - beta), t_logp + math.log(beta)]), dim=0
-    )  # (..., V)
+    )
     return beta * _kl_rows(t_logp, mixture, keep) + (1.0 - beta) * _kl_rows(
         s_logp, mixture, keep
     )
@@ -213,12 +213,13 @@ def topk_divergence(
 
 def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
     """Token-mean cross-entropy in fp32; 0 (zero gradient) when all labels are -100."""
+    # (B*T,)
     per_token = F.cross_entropy(
         student_logits.float().flatten(0, 1),
         labels.flatten(),
         ignore_index=IGNORE_INDEX,
         reduction="none",
-    )  # (B*T,)
+    )
     return _masked_mean(per_token.view_as(labels), labels)
 
 

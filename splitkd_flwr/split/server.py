@@ -10,8 +10,8 @@ from transformers import PreTrainedModel
 
 from splitkd_flwr.core.errors import ModelError
 from splitkd_flwr.split.partition import (
-    check_weights,
     ServerPart,
+    check_weights,
     device_param_names,
     partition,
     server_param_names,
@@ -40,9 +40,8 @@ class SplitServer:
         self.teacher = teacher
         self.student = student
         self.loss_fn = loss_fn
-        partition(
-            teacher, student, 1
-        )  # checks the pair, unties the student, freezes the teacher
+        # checks the pair, unties the student, freezes the teacher
+        partition(teacher, student, 1)
         self.optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
         self.cut_layer: int | None = None
         self._part: ServerPart | None = None
@@ -88,9 +87,12 @@ class SplitServer:
             raise ModelError("SplitServer.commit called outside a round")
         state = self.student.state_dict()
         expected = {
-            name: state[name] for name in device_param_names(self.student, self.cut_layer)
+            name: state[name]
+            for name in device_param_names(self.student, self.cut_layer)
         }
-        check_weights(expected, device_weights, f"device weights (cut {self.cut_layer})")
+        check_weights(
+            expected, device_weights, f"device weights (cut {self.cut_layer})"
+        )
         with torch.no_grad():
             for name, tensor in device_weights.items():
                 state[name].copy_(tensor)

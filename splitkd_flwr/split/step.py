@@ -113,9 +113,10 @@ def server_step(
     server_part.train()
     # A fresh leaf: the server's graph ends at the cut; its gradient is what goes back.
     hidden = smashed.student_hidden.detach().requires_grad_(True)  # (B, T, d_s)
+    # (B, T, V), (B, T, V)
     student_logits, teacher_logits = server_part(
         smashed.teacher_embeds, hidden, smashed.attention_mask
-    )  # (B, T, V), (B, T, V)
+    )
     loss, terms = _unpack_loss(loss_fn(student_logits, teacher_logits, smashed.labels))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -73,9 +73,8 @@ def store(directory: Path, config: ConfigRecord, teacher_embedding: ArrayRecord)
     if set(state) != {_EMBEDDING_KEY} or state[_EMBEDDING_KEY].ndim != 2:
         raise ModelError("provisioned teacher embedding must be one 2-D table")
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / _KEY_FILE).unlink(
-        missing_ok=True
-    )  # a half-written cache is never "current"
+    # a half-written cache is never "current"
+    (directory / _KEY_FILE).unlink(missing_ok=True)
     write_tokenizer(config, directory / "tokenizer", "provisioned assets")
     (directory / "student-config.json").write_text(str(config["student-config"]))
     save_file(state, str(directory / "teacher-embedding.safetensors"))

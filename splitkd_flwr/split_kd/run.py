@@ -42,12 +42,16 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
     host, _, port = config.data_plane_bind.rpartition(":")
     tls = None
     if config.data_plane_certfile:
-        tls = ServerTLS.from_files(config.data_plane_certfile, config.data_plane_keyfile)
+        tls = ServerTLS.from_files(
+            config.data_plane_certfile, config.data_plane_keyfile
+        )
     stream_server = DataPlaneServer(
         host, int(port), idle_timeout_s=config.frame_timeout_s, tls=tls
     )
     bound_address = stream_server.start()
-    monitor = HardwareMonitor.from_config(config.server_energy_meter, config.server_clock)
+    monitor = HardwareMonitor.from_config(
+        config.server_energy_meter, config.server_clock
+    )
     try:
         yield SplitKD(
             config=config,
@@ -67,7 +71,9 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
                 **workspace.planner_options(),
             ),
             assets=workspace.device_assets(),
-            evaluate_fn=lambda: evaluate_lm(server.student, eval_batches, workspace.teacher),
+            evaluate_fn=lambda: evaluate_lm(
+                server.student, eval_batches, workspace.teacher
+            ),
             tokenizer=workspace.tokenizer,
             teacher_perplexity=teacher_eval["perplexity"],
             link_fn=workspace.link_fn(),

@@ -8,15 +8,15 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from splitkd_flwr.split_kd.assets import DeviceAssets
 from splitkd_flwr.core.constants import WIRE_BYTES
+from splitkd_flwr.core.types import DeviceState, Workload
+from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.run import held_out_batches, resolve_models
-from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.models import check_pair, load_causal_lm, num_layers
-from splitkd_flwr.core.types import DeviceState, Workload
+from splitkd_flwr.split_kd.assets import DeviceAssets
 
 
 @dataclass

@@ -215,9 +215,8 @@ class DataPlaneServer:
         except TransportError as err:
             self._end(handle, context, err, str(err))
         finally:
-            handle.finish(
-                TransportError("the stream handler stopped")
-            )  # no-op if ended
+            # no-op if ended
+            handle.finish(TransportError("the stream handler stopped"))
             watchdog.join()
 
     def _end(
@@ -263,9 +262,8 @@ class DataPlaneServer:
             stats.frames += 1
             stats.bytes_up += len(buf)
             stats.bytes_down += encoded_nbytes(parts)
-            idle.waiting_since = (
-                time.monotonic()
-            )  # a device that stops reading idles out
+            # a device that stops reading idles out
+            idle.waiting_since = time.monotonic()
             yield from wire.chunk_frame(parts)
         raise _StreamEnded()
 

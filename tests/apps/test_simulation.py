@@ -58,10 +58,12 @@ def test_three_vehicles_three_rounds_energy_optimal(
         assert r["modelled-delay-s"] <= 1000.0 and r["modelled-energy-j"] > 0
         assert r["modelled-uplink-bps"] > 0 and r["measured-bytes-up"] > 0
         assert r["batches"] == 4 and r["train-loss"] > 0
-        assert (
-            r["server-compute-energy-measured"] == 0
-        )  # no GPU here: "not measured", never 0 J
-        assert "server-compute-measured-energy-j" not in r
+        # A host with a working NVML measures the server step; one without says "not
+        # measured" and reports no figure at all (never a made-up 0 J).
+        if r["server-compute-energy-measured"]:
+            assert r["server-compute-measured-energy-j"] > 0
+        else:
+            assert "server-compute-measured-energy-j" not in r
     assert records[-1]["eval-perplexity"] < records[0]["eval-perplexity"]
     trained = AutoModelForCausalLM.from_pretrained(out / "student")
     initial = AutoModelForCausalLM.from_pretrained(student_dir)

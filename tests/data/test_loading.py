@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.data.corpus import generate_corpus
 from splitkd_flwr.data.loading import (
     encode_documents,
@@ -14,7 +15,6 @@ from splitkd_flwr.data.loading import (
     read_documents,
 )
 from splitkd_flwr.data.tokenizer import train_tokenizer
-from splitkd_flwr.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import collections
 import numpy as np
 import pytest
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.data.corpus import generate_corpus
 from splitkd_flwr.data.partition import dirichlet_partition, split_corpus
-from splitkd_flwr.core.errors import ConfigError
 
 DOCUMENTS = generate_corpus(3000)
 

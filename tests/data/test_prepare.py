@@ -6,9 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.data.corpus import generate_corpus
-from splitkd_flwr.default_models.configs import STUDENT_NUM_LAYERS, default_teacher_config
 from splitkd_flwr.data.loading import encode_documents
+from splitkd_flwr.data.tokenizer import train_tokenizer
+from splitkd_flwr.default_models.configs import (
+    STUDENT_NUM_LAYERS,
+    default_teacher_config,
+)
 from splitkd_flwr.default_models.prepare import (
     CACHE_ENV,
     TeacherTraining,
@@ -16,8 +21,6 @@ from splitkd_flwr.default_models.prepare import (
     prepare_default_models,
     train_teacher,
 )
-from splitkd_flwr.data.tokenizer import train_tokenizer
-from splitkd_flwr.core.errors import ConfigError
 
 TINY = TeacherTraining(num_steps=3, num_documents=300, vocab_size=300, eval_examples=16)
 

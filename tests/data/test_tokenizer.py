@@ -3,10 +3,16 @@
 import pytest
 from transformers import AutoTokenizer
 
-from splitkd_flwr.data.corpus import generate_corpus
-from splitkd_flwr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from splitkd_flwr.data.tokenizer import load_tokenizer, train_tokenizer
 from splitkd_flwr.core.errors import ConfigError, ModelError
+from splitkd_flwr.data.corpus import generate_corpus
+from splitkd_flwr.data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 TEXTS = [d.text for d in generate_corpus(500)]
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from splitkd_flwr.flower.config import RunConfig, config_keys, config_table
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.flower.config import RunConfig, config_keys, config_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

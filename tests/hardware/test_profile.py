@@ -9,8 +9,6 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from splitkd_flwr.commands.profile import profile as profile_command
-from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.calibration.fleet import calibrated_profile, fleet_toml
 from splitkd_flwr.calibration.profile import (
     MachineProfile,
@@ -20,6 +18,8 @@ from splitkd_flwr.calibration.profile import (
     profile_machine,
     resolve_clock,
 )
+from splitkd_flwr.commands.profile import profile as profile_command
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, load_fleet
 from splitkd_flwr.split.models import load_causal_lm
 

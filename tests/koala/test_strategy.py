@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.core.errors import ConfigError
-from splitkd_flwr.koala.protocol import KoalaPlan
+from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.launch import LocalFederation
+from splitkd_flwr.koala.protocol import KoalaPlan
 from splitkd_flwr.koala.run import resolve_koala_models
 from tests.apps.tiny import save_tiny_pair, tiny_llama
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splitkd_flwr.data.loading import Examples
 from splitkd_flwr.core.errors import ConfigError, ModelError
+from splitkd_flwr.data.loading import Examples
 from splitkd_flwr.koala.transfer import (
     consensus_log_probs,
     distill,

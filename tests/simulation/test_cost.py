@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.types import Workload
 from splitkd_flwr.simulation.cost import (
     LLAMA_3_1_8B,
     LLAMA_3_2_1B,
@@ -12,7 +13,6 @@ from splitkd_flwr.simulation.cost import (
     ModelShape,
 )
 from splitkd_flwr.simulation.devices import Fleet
-from splitkd_flwr.core.types import Workload
 
 TINY = {
     "model_type": "llama",

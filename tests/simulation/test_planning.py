@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.types import DeviceState, Workload
 from splitkd_flwr.simulation.cost import DeviceArrays
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, DeviceProfile, Fleet
 from splitkd_flwr.simulation.planning import (
@@ -16,7 +17,6 @@ from splitkd_flwr.simulation.planning import (
     ServerOnly,
     load_planner,
 )
-from splitkd_flwr.core.types import DeviceState, Workload
 
 WORKLOAD = Workload(
     num_student_layers=16,

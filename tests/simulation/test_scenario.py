@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from splitkd_flwr.core.errors import ConfigError
-from splitkd_flwr.simulation.scenario import Scenario
-from splitkd_flwr.simulation.planning import EnergyOptimal
 from splitkd_flwr.core.types import Workload
+from splitkd_flwr.simulation.planning import EnergyOptimal
+from splitkd_flwr.simulation.scenario import Scenario
 
 
 def test_profiles_links_and_states() -> None:

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import pytest
 
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.types import DeviceState
 from splitkd_flwr.simulation.selection import (
     BestChannel,
     EnergyAware,
@@ -13,7 +14,6 @@ from splitkd_flwr.simulation.selection import (
     Selector,
     load_selector,
 )
-from splitkd_flwr.core.types import DeviceState
 
 
 def _devices(**per_device: list) -> list[DeviceState]:

@@ -10,11 +10,11 @@ import textwrap
 import pytest
 import torch
 
-from splitkd_flwr.split_kd.dataplane import DataPlane, run_device_round
 from splitkd_flwr.core.errors import ModelError, TransportError
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.partition import DevicePart, device_param_names
 from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.split_kd.dataplane import DataPlane, run_device_round
 from splitkd_flwr.transport.stream import (
     DataPlaneServer,
     DeviceSession,
@@ -22,6 +22,7 @@ from splitkd_flwr.transport.stream import (
     new_token,
 )
 from tests.apps.tiny import tiny_llama
+from tests.split_kd.snapshots import assert_unchanged, snapshot
 
 VOCAB, CUT = 64, 2
 
@@ -46,22 +47,6 @@ def setup():
     plane = DataPlane(stream, stream.start())
     yield server, plane
     stream.stop()
-
-
-def _snapshot(server: SplitServer) -> tuple[dict, dict]:
-    state = {k: v.clone() for k, v in server.student.state_dict().items()}
-    return state, copy.deepcopy(server.optimizer.state_dict())
-
-
-def _assert_unchanged(server: SplitServer, snapshot: tuple[dict, dict]) -> None:
-    state, optimizer_state = snapshot
-    for name, tensor in server.student.state_dict().items():
-        assert torch.equal(tensor, state[name]), name
-    now = server.optimizer.state_dict()["state"]
-    assert now.keys() == optimizer_state["state"].keys()
-    for index, moments in optimizer_state["state"].items():
-        for key, value in moments.items():
-            assert torch.equal(now[index][key], value), (index, key)
 
 
 def _device_round(
@@ -92,7 +77,7 @@ def _warm_up(server: SplitServer, plane: DataPlane) -> None:
 def test_good_round_commits_the_devices_weights(setup) -> None:
     # Prepare
     server, plane = setup
-    before = _snapshot(server)
+    before = snapshot(server)
     token = new_token()
 
     # Execute
@@ -118,19 +103,19 @@ def test_good_round_commits_the_devices_weights(setup) -> None:
 def test_wrong_token_is_refused_and_nothing_changes(setup) -> None:
     server, plane = setup
     _warm_up(server, plane)
-    before = _snapshot(server)
+    before = snapshot(server)
     round_ = plane.open_round(new_token(), server, CUT)
     with pytest.raises(TransportError, match="token"):
         DeviceSession(plane.address, new_token(), timeout_s=5.0)
     round_.close()
     server.rollback()
-    _assert_unchanged(server, before)
+    assert_unchanged(server, before)
 
 
 def test_malformed_frame_ends_the_round_and_rolls_back(setup) -> None:
     server, plane = setup
     _warm_up(server, plane)
-    before = _snapshot(server)
+    before = snapshot(server)
     token = new_token()
     round_ = plane.open_round(token, server, CUT)
     good = {
@@ -151,13 +136,13 @@ def test_malformed_frame_ends_the_round_and_rolls_back(setup) -> None:
     with pytest.raises(TransportError):
         round_.finish()
     server.rollback()
-    _assert_unchanged(server, before)
+    assert_unchanged(server, before)
 
 
 def test_nan_in_the_server_step_rolls_back(setup) -> None:
     server, plane = setup
     _warm_up(server, plane)
-    before = _snapshot(server)
+    before = snapshot(server)
     server.loss_fn = lambda s, t, labels: (
         s.float().sum() * float("nan")
     )  # a loss gone bad
@@ -168,7 +153,7 @@ def test_nan_in_the_server_step_rolls_back(setup) -> None:
     with pytest.raises(TransportError):
         round_.finish()
     server.rollback()
-    _assert_unchanged(server, before)
+    assert_unchanged(server, before)
 
 
 def test_bad_device_weights_are_refused_before_loading(setup) -> None:
@@ -190,7 +175,7 @@ def test_device_killed_mid_round_rolls_back_and_the_next_round_succeeds(setup) -
     # Prepare
     server, plane = setup
     _warm_up(server, plane)
-    before = _snapshot(server)
+    before = snapshot(server)
     token = new_token()
     round_ = plane.open_round(token, server, CUT)
     device = textwrap.dedent(f"""
@@ -214,7 +199,7 @@ def test_device_killed_mid_round_rolls_back_and_the_next_round_succeeds(setup) -
 
     # Assert
     assert killed.returncode == -9
-    _assert_unchanged(server, before)
+    assert_unchanged(server, before)
     token = new_token()
     round_ = plane.open_round(token, server, CUT)
     weights = _device_round(server, plane, token)
@@ -227,7 +212,7 @@ def test_a_round_trains_over_a_compressed_wire(setup, wire_dtype: str) -> None:
     # Prepare: the same data plane, its down frames (gradients) compressed too.
     server, plane = setup
     plane.wire_dtype = wire_dtype
-    before = _snapshot(server)
+    before = snapshot(server)
     token = new_token()
 
     # Execute
