@@ -2,12 +2,21 @@
 
 import typer
 
-from splitkd_flwr.commands import case_study, plan, prepare, profile, report, simulate
+from splitkd_flwr.commands import (
+    calibrate,
+    case_study,
+    plan,
+    prepare,
+    report,
+    simulate,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Flower.")
 
 # Each subcommand lives in splitkd_flwr/commands/<name>.py; register it here, one line each.
-app.command()(profile.profile)
+app.command()(calibrate.calibrate)
+# The command's name before 0.2; "profile" now means a device profile only.
+app.command("profile", hidden=True)(calibrate.calibrate)
 app.command("case-study")(case_study.case_study)
 app.command()(plan.plan)
 app.command()(prepare.prepare)

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from splitkd_flwr.calibration.profile import MachineProfile
+from splitkd_flwr.calibration.timing import MachineProfile
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, DeviceProfile
 
@@ -75,7 +75,7 @@ def fleet_toml(
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     p = profile
     header = [
-        f"Written by `splitkd profile` on {socket.gethostname()} ({platform.machine()})"
+        f"Written by `splitkd calibrate` on {socket.gethostname()} ({platform.machine()})"
         f" at {stamp}.",
         f"Measured: {calibrated.hardware}; {p.device}, {p.dtype}, batch {p.batch_size}"
         f" x seq {p.seq_len}, {p.threads} thread(s), {p.clock} clock, fastest run.",

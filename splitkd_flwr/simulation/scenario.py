@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from splitkd_flwr.core.components import load_component
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.core.types import DeviceState, Workload
 from splitkd_flwr.simulation.channel import (
@@ -70,16 +70,7 @@ def _mobility(config: ScenarioConfig) -> Mobility:
         return ManhattanGrid(speed_kmh=config.speed_kmh, seed=config.seed)
     if config.mobility == "route":
         return Route(speed_kmh=config.speed_kmh)
-    module, _, attr = config.mobility.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"cannot load mobility {config.mobility!r}: {err}") from err
-    if not (isinstance(cls, type) and issubclass(cls, Mobility)):
-        raise ConfigError(
-            f"{config.mobility!r} is not a subclass of {Mobility.__qualname__}"
-        )
-    return cls()
+    return load_component(config.mobility, Mobility, {})
 
 
 class Scenario:

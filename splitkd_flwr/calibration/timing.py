@@ -63,7 +63,7 @@ class CutTiming:
 
 @dataclass
 class MachineProfile:
-    """What ``splitkd profile`` measured: op timings, fitted throughput, cut checks."""
+    """What ``splitkd calibrate`` measured: op timings, fitted throughput, cut checks."""
 
     device: str
     dtype: str

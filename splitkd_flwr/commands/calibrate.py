@@ -1,4 +1,4 @@
-"""`splitkd profile`: time the real models here, write a calibrated profile for the planner."""
+"""`splitkd calibrate`: time the real models here, write a calibrated device profile for the planner."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _load(source: str, default_config: Any, dtype: str, device: str) -> Any:
     return load_causal_lm(config, dtype=getattr(torch, DTYPES[dtype])).to(device)
 
 
-def profile(
+def calibrate(
     output: Annotated[Path, typer.Option(help="fleet TOML to write")] = Path(
         "profile.toml"
     ),
@@ -100,7 +100,7 @@ def profile(
         check_table,
         fleet_toml,
     )
-    from splitkd_flwr.calibration.profile import profile_machine
+    from splitkd_flwr.calibration.timing import profile_machine
     from splitkd_flwr.default_models.configs import (
         default_student_config,
         default_teacher_config,

@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from splitkd_flwr.calibration.fleet import calibrated_profile, fleet_toml
-from splitkd_flwr.calibration.profile import (
+from splitkd_flwr.calibration.timing import (
     MachineProfile,
     OpTiming,
     cost_model_for,
@@ -18,7 +18,7 @@ from splitkd_flwr.calibration.profile import (
     profile_machine,
     resolve_clock,
 )
-from splitkd_flwr.commands.profile import profile as profile_command
+from splitkd_flwr.commands.calibrate import calibrate as calibrate_command
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.simulation.devices import DEFAULT_PROFILES, load_fleet
 from splitkd_flwr.split.models import load_causal_lm
@@ -135,7 +135,7 @@ def test_command_writes_a_profile(tmp_path: Path) -> None:
     # Prepare: a CLI group holding the command, as `splitkd` does
     app = typer.Typer()
     app.callback()(lambda: None)
-    app.command()(profile_command)
+    app.command()(calibrate_command)
     out = tmp_path / "p.toml"
 
     # Execute
