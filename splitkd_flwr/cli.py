@@ -15,8 +15,6 @@ app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Fl
 
 # Each subcommand lives in splitkd_flwr/commands/<name>.py; register it here, one line each.
 app.command()(calibrate.calibrate)
-# The command's name before 0.2; "profile" now means a device profile only.
-app.command("profile", hidden=True)(calibrate.calibrate)
 app.command("case-study")(case_study.case_study)
 app.command()(plan.plan)
 app.command()(prepare.prepare)

@@ -142,7 +142,7 @@ def test_command_writes_a_profile(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
         [
-            "profile",
+            "calibrate",
             "--output",
             str(out),
             "--batch-size",
@@ -164,5 +164,5 @@ def test_command_writes_a_profile(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "GFLOP/s" in result.output and "  8 " in result.output
     assert load_fleet(out).server == "here"
-    bad = CliRunner().invoke(app, ["profile", "--output", str(out), "--cuts", "16"])
+    bad = CliRunner().invoke(app, ["calibrate", "--output", str(out), "--cuts", "16"])
     assert bad.exit_code != 0 and "outside 1..15" in bad.output
