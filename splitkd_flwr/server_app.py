@@ -13,6 +13,12 @@ from flwr.serverapp import Grid, ServerApp
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.logs import route_to_flower
 
+# Both modes are imported here, at load time: importing transformers inside main() raced
+# with the simulation engine loading the ClientApp in another thread (a half-initialised
+# `transformers` module: "cannot import name 'PreTrainedTokenizerBase'").
+from splitkd_flwr.koala.run import run_koala
+from splitkd_flwr.split_kd.run import run_split_kd
+
 logger = logging.getLogger(__name__)
 
 app = ServerApp()
@@ -26,13 +32,9 @@ def main(grid: Grid, context: Context) -> None:
     _exit_cleanly_on_sigterm()
     logger.info("splitkd-flwr run config: %s", config.to_run_config())
     if config.mode == "koala":
-        from splitkd_flwr.koala.run import run_koala  # noqa: PLC0415 - optional mode
-
         run_koala(grid, config)
-        return
-    from splitkd_flwr.split_kd.run import run_split_kd  # noqa: PLC0415
-
-    run_split_kd(grid, config)
+    else:
+        run_split_kd(grid, config)
 
 
 def _exit_cleanly_on_sigterm() -> None:
