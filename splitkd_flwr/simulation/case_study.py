@@ -65,7 +65,7 @@ class CaseStudyConfig:
         )
 
 
-def _scaled_scenario(config: CaseStudyConfig) -> Scenario:
+def scaled_scenario(config: CaseStudyConfig) -> Scenario:
     scenario = Scenario(config.scenario)
     fleet = scenario.fleet
     profiles = {
@@ -146,7 +146,7 @@ def run_case_study(
     on_step: Callable[[str], None] | None = None,
 ) -> CaseStudyResult:
     """Plan every round of the trace with the three methods under each noise condition."""
-    base = _scaled_scenario(config)
+    base = scaled_scenario(config)
     base.trace(config.rounds)  # trajectories once, shared by every noise condition
     workload = config.workload
     rows: list[dict[str, Any]] = []

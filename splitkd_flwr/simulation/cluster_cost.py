@@ -41,7 +41,6 @@ import numpy as np
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.core.types import DeviceState
 from splitkd_flwr.simulation.channel import LinkConfig
-from splitkd_flwr.simulation.nr_tables import cqi_from_sinr
 from splitkd_flwr.simulation.cost import (
     TRAIN_FACTOR,
     CostModel,
@@ -50,6 +49,7 @@ from splitkd_flwr.simulation.cost import (
     compute_energy_j,
 )
 from splitkd_flwr.simulation.devices import Fleet
+from splitkd_flwr.simulation.nr_tables import cqi_from_sinr
 
 # Share of a device's per-batch FLOPs in its forward half (forward 1, backward 2 of TRAIN_FACTOR)
 FORWARD_SHARE = 1.0 / TRAIN_FACTOR
@@ -159,7 +159,9 @@ class ClusterCostModel:
             if d.uplink_bps is None or d.downlink_bps is None
         ]
         if missing:
-            raise ConfigError(f"clustered planning needs link rates; {missing} lack them")
+            raise ConfigError(
+                f"clustered planning needs link rates; {missing} lack them"
+            )
         if share >= 1:
             return (
                 np.array([d.uplink_bps for d in devices], dtype=float),
@@ -168,7 +170,9 @@ class ClusterCostModel:
         if any(d.snr_db is None for d in devices):
             raise ConfigError("sharing the carrier needs each device's uplink SNR")
         up_snr = np.array([d.snr_db for d in devices], dtype=float)
-        ue_w = np.array([self.fleet.profile(d.profile_name).tx_power_w for d in devices])
+        ue_w = np.array(
+            [self.fleet.profile(d.profile_name).tx_power_w for d in devices]
+        )
         # same path loss both ways: the downlink SNR differs by the transmit powers
         down_snr = up_snr + 10 * np.log10(self.server.tx_power_w / ue_w)
         return (
@@ -279,6 +283,8 @@ def pipelined_round_s(
         free = done
         left[at] -= 1
         last = left[at] == 0
-        end = np.where(last, np.maximum(end, done + tail[at] + finish_s[j, grid[0]]), end)
+        end = np.where(
+            last, np.maximum(end, done + tail[at] + finish_s[j, grid[0]]), end
+        )
         arrival[at] = done + again[at]
     return end

@@ -94,9 +94,11 @@ class ClusterPlanner:
         cluster: Sequence[DeviceState],
         server_round: int = 0,
         delay_bound_s: float | None = None,
+        cost: ClusterCost | None = None,
     ) -> Plan:
-        """The plan for a round of ``cluster``; ``delay_bound_s`` overrides the planner's."""
-        cost = self.evaluate(cluster)
+        """The plan for a round of ``cluster``; ``delay_bound_s`` overrides the planner's,
+        ``cost`` is the cluster's :meth:`evaluate` when already at hand."""
+        cost = self.evaluate(cluster) if cost is None else cost
         top = len(cost.clocks_hz) - 1
         layers = self.workload.num_student_layers
         if self.method == "server-only":
@@ -210,7 +212,9 @@ class RandomClusters(ClusterSelector):
         """Chunks of a seeded permutation."""
         ordered = sorted(devices, key=_by_id)
         rng = np.random.default_rng([self.seed, server_round])
-        return _chunks([ordered[i] for i in rng.permutation(len(ordered))], self.cluster_size)
+        return _chunks(
+            [ordered[i] for i in rng.permutation(len(ordered))], self.cluster_size
+        )
 
 
 class BySpeed(ClusterSelector):

@@ -49,9 +49,7 @@ def test_one_device_cluster_is_the_sequential_round() -> None:
         )
         # Assert
         np.testing.assert_allclose(cluster.delay_s, sequential.delay_s[0], rtol=1e-12)
-        np.testing.assert_allclose(
-            cluster.energy_j, sequential.energy_j[0], rtol=1e-12
-        )
+        np.testing.assert_allclose(cluster.energy_j, sequential.energy_j[0], rtol=1e-12)
 
 
 def test_shared_carrier_rates() -> None:

@@ -30,7 +30,9 @@ def _random_instance(rng: np.random.Generator):
         static_power_w=rng.uniform(0, 200),
         tx_power_w=rng.uniform(0.5, 5),
         utilisation=rng.uniform(0.2, 0.8),
-        clock_steps_hz=tuple(np.sort(rng.uniform(0.2e9, 1.5e9, int(rng.integers(1, 12))))),
+        clock_steps_hz=tuple(
+            np.sort(rng.uniform(0.2e9, 1.5e9, int(rng.integers(1, 12))))
+        ),
     )
     devices = {
         f"dev{i}": DeviceProfile(
@@ -136,7 +138,9 @@ def _fleet_states(n: int = 10, snrs=None) -> list[DeviceState]:
     fleet = Fleet()
     snrs = np.linspace(-5, 40, n) if snrs is None else snrs
     return [
-        DeviceState(100 + i, i, fleet.devices[i % len(fleet.devices)], 1e9, 1e9, snrs[i])
+        DeviceState(
+            100 + i, i, fleet.devices[i % len(fleet.devices)], 1e9, 1e9, snrs[i]
+        )
         for i in range(n)
     ]
 
@@ -186,8 +190,6 @@ def test_loading_refuses_bad_specs() -> None:
     with pytest.raises(ConfigError, match="unknown ClusterSelector"):
         load_cluster_selector("fastest", 2)
     assert isinstance(
-        load_cluster_selector(
-            "splitkd_flwr.simulation.cluster_planning:InOrder", 2
-        ),
+        load_cluster_selector("splitkd_flwr.simulation.cluster_planning:InOrder", 2),
         ClusterSelector,
     )
