@@ -74,6 +74,15 @@ class RunConfig:
     delay_bound_s: float = _help(
         "round delay bound of the modelled round for `energy-optimal` (0: none)", 0.0
     )
+    cluster_size: int = _help(
+        "devices per round, trained in parallel (SFLv1, docs/case-study.md); 1: one at a time",
+        1,
+    )
+    cluster_selector: str = _help(
+        "who trains together when `cluster-size` > 1: `by-speed`, `in-order`, `random` "
+        "or `package.module:Class`",
+        "by-speed",
+    )
     scenario: str = _help(
         "`paper`: modelled 5G NR links and Table II hardware per vehicle; `none`: no model",
         "paper",
@@ -145,6 +154,7 @@ class RunConfig:
         need(self.seq_len >= 2, "seq-len", ">= 2")
         need(self.device_lr > 0, "device-lr", "> 0")
         need(self.server_lr > 0, "server-lr", "> 0")
+        need(self.cluster_size >= 1, "cluster-size", ">= 1")
         need(0.0 <= self.kd_alpha <= 1.0, "kd-alpha", "in [0, 1]")
         need(self.kd_temperature > 0, "kd-temperature", "> 0")
         need(

@@ -203,6 +203,19 @@ class ClusterServer:
         member.frames += 1
         return ServerStepResult(loss=loss.item(), terms=terms, grad_at_cut=hidden.grad)
 
+    def check_device_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Raise ``ModelError`` unless ``weights`` are exactly the device side of the round's
+        cut (names, shapes, finite values)."""
+        if self.cut_layer is None:
+            raise ModelError(
+                "ClusterServer.check_device_weights called outside a round"
+            )
+        state = self.student.state_dict()
+        expected = {
+            n: state[n] for n in device_param_names(self.student, self.cut_layer)
+        }
+        check_weights(expected, weights, f"device weights (cut {self.cut_layer})")
+
     def commit(
         self, kept: Mapping[int, tuple[Mapping[str, torch.Tensor], float]]
     ) -> None:

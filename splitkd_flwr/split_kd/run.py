@@ -14,8 +14,10 @@ from splitkd_flwr.flower.run import run_strategy
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.simulation.planning import load_planner
 from splitkd_flwr.simulation.selection import load_selector
+from splitkd_flwr.split.cluster import ClusterServer
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.split_kd.cluster import ClusterSplitKD, cluster_parts
 from splitkd_flwr.split_kd.dataplane import DataPlane
 from splitkd_flwr.split_kd.strategy import SplitKD
 from splitkd_flwr.split_kd.workspace import Workspace
@@ -33,7 +35,11 @@ def run_split_kd(grid: Grid, config: RunConfig) -> Path:
 def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
     """The strategy of a split-KD run; its data plane and GPU clock are released on exit."""
     workspace = Workspace.load(config)
-    server = SplitServer(
+    clustered = config.cluster_size > 1
+    strategy, extra = SplitKD, {}
+    if clustered:
+        strategy, extra = ClusterSplitKD, cluster_parts(config, workspace)
+    server = (ClusterServer if clustered else SplitServer)(
         workspace.teacher, workspace.student, workspace.loss_fn(), config.server_lr
     )
     eval_batches = workspace.eval_batches()
@@ -46,14 +52,19 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
             config.data_plane_certfile, config.data_plane_keyfile
         )
     stream_server = DataPlaneServer(
-        host, int(port), idle_timeout_s=config.frame_timeout_s, tls=tls
+        host,
+        int(port),
+        idle_timeout_s=config.frame_timeout_s,
+        tls=tls,
+        # one thread per concurrently streaming device
+        max_workers=max(4, config.cluster_size + 1),
     )
     bound_address = stream_server.start()
     monitor = HardwareMonitor.from_config(
         config.server_energy_meter, config.server_clock
     )
     try:
-        yield SplitKD(
+        yield strategy(
             config=config,
             server=server,
             data_plane=DataPlane(
@@ -78,6 +89,7 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
             teacher_perplexity=teacher_eval["perplexity"],
             link_fn=workspace.link_fn(),
             monitor=monitor,
+            **extra,
         )
     finally:
         stream_server.stop()

@@ -108,8 +108,8 @@ class SplitKD(RoundStrategy):
         """Profile new devices and provision those lacking the current assets."""
         self.nodes.refresh(grid, timeout_s)
 
-    def configure_train(self, server_round: int, grid: Grid) -> SplitRound:
-        """Select one device, plan its cut, open its data-plane round, build its message."""
+    def candidates(self, server_round: int) -> list[DeviceState]:
+        """The provisioned devices with their usage and (modelled) links this round."""
         devices = [
             replace(d, energy_used_j=used, rounds_trained=rounds)
             for d in self.nodes.ready()
@@ -119,7 +119,11 @@ class SplitKD(RoundStrategy):
             raise RoundFailedError("no provisioned device is connected")
         if self.link_fn is not None:
             devices = [self.link_fn(d, server_round) for d in devices]
-        device = self.selector.select(devices, server_round)
+        return devices
+
+    def configure_train(self, server_round: int, grid: Grid) -> SplitRound:
+        """Select one device, plan its cut, open its data-plane round, build its message."""
+        device = self.selector.select(self.candidates(server_round), server_round)
         plan = self.planner.plan(device, server_round)
         if plan.server_clock_hz is not None:
             self.monitor.apply_clock(plan.server_clock_hz)
