@@ -61,7 +61,19 @@ def test_case_study_command_writes_csv_figures_and_tables(tmp_path: Path) -> Non
     # Execute
     out = tmp_path / "cs"
     res = CliRunner().invoke(
-        app, ["case-study", "--output-dir", str(out), "--rounds", "6", "--no-sweeps"]
+        app,
+        [
+            "case-study",
+            "--output-dir",
+            str(out),
+            "--rounds",
+            "6",
+            "--no-sweeps",
+            "--cluster-sizes",
+            "1,5",
+            "--cluster-passes",
+            "2",
+        ],
     )
     # Assert
     assert res.exit_code == 0, res.output
@@ -71,6 +83,8 @@ def test_case_study_command_writes_csv_figures_and_tables(tmp_path: Path) -> Non
         "fig4_energy.png",
         "summary.md",
         "config.json",
+        "cluster_sweep.csv",
+        "cluster_sweep.png",
     ):
         assert (out / name).stat().st_size > 0
     assert (out / "fig3_delay.png").read_bytes()[:4] == b"\x89PNG"
@@ -81,6 +95,9 @@ def test_case_study_command_writes_csv_figures_and_tables(tmp_path: Path) -> Non
     )
     summary = (out / "summary.md").read_text()
     assert ">= 16 %" in summary and "Poor" in summary
+    assert "Clustered rounds vs K" in summary
+    cluster_rows = list(csv.DictReader(open(out / "cluster_sweep.csv")))
+    assert len(cluster_rows) == 2 * 2 * 5  # sizes x passes x methods
 
 
 @pytest.mark.parametrize(
