@@ -10,8 +10,11 @@ import threading
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from splitkd_flwr.core.errors import SplitKDError
 from splitkd_flwr.flower.config import RunConfig
+from splitkd_flwr.flower.environment import apply_threads
 from splitkd_flwr.flower.logs import route_to_flower
+from splitkd_flwr.flower.preflight import check_run
 
 # Both modes are imported here, at load time: importing transformers inside main() raced
 # with the simulation engine loading the ClientApp in another thread (a half-initialised
@@ -28,7 +31,17 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run split KD (or KOALA) for ``num-rounds`` rounds and save the result."""
     route_to_flower()
-    config = RunConfig.from_run_config(context.run_config)
+    try:
+        config = RunConfig.from_run_config(context.run_config)
+        apply_threads(config.threads)
+        # Files, models, vocabulary, cut and plug-ins, before any model is loaded or
+        # prepared: a bad run stops here, in seconds, with one line naming the key.
+        check_run(config)
+    except SplitKDError as err:
+        # Flower logs the traceback below this line and marks the run failed (`flwr ls`);
+        # `flwr run --stream` itself still exits 0, so the reason must be readable here.
+        logger.error("splitkd-flwr: the run config is rejected: %s", err)
+        raise
     _exit_cleanly_on_sigterm()
     logger.info("splitkd-flwr run config: %s", config.to_run_config())
     if config.mode == "koala":

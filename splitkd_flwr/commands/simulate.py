@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import click
-import torch
 import typer
 
-from splitkd_flwr.default_models.prepare import prepare_default_models
+from splitkd_flwr.core.errors import SplitKDError
+from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.launch import LocalFederation
+from splitkd_flwr.flower.preflight import check_run
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the project root (pyproject.toml)
 
@@ -51,31 +52,50 @@ def simulate(
         ),
     ] = None,
 ) -> None:
-    """Prepare the default models, then run split KD with N simulated vehicles and report."""
+    """Check the run config, prepare any default model, run split KD with N vehicles, report."""
     started = time.monotonic()
-    # Server and vehicles share this machine's cores and mostly take turns (the split step is
-    # sequential); one thread each avoids the oversubscription that makes torch crawl.
-    torch.set_num_threads(1)
-    models = prepare_default_models(progress=True)
-    typer.echo(
-        f"default models in {models.root} (teacher perplexity {models.teacher_perplexity:.2f}, "
-        f"initial student {models.student_perplexity:.2f})"
-    )
     output_dir = output_dir.expanduser().resolve()
+    overrides = _pairs(set_ or [])
     run_config = {
         "num-rounds": rounds,
         "output-dir": str(output_dir),
-        **_pairs(set_ or []),
+        **overrides,
     }
+    # The whole config, before a SuperLink, Ray or the default teacher's training starts.
+    try:
+        config = RunConfig.from_run_config(run_config)
+        check_run(config, explicit=overrides)
+    except SplitKDError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if "default" in (config.teacher, config.student):
+        # Imported here: torch and transformers take seconds, a rejected config none.
+        from splitkd_flwr.default_models.prepare import (  # noqa: PLC0415
+            prepare_default_models,
+        )
+
+        models = prepare_default_models(progress=True)
+        typer.echo(
+            f"default models in {models.root} (teacher perplexity "
+            f"{models.teacher_perplexity:.2f}, initial student {models.student_perplexity:.2f})"
+        )
     federation_config = {"num-supernodes": vehicles, "client-resources-num-cpus": 1}
+    # The apps set their own threads from the run config (`threads`); the environment
+    # of every process started here says the same, for what runs before the apps do.
+    threads = config.threads or None
     with tempfile.TemporaryDirectory(prefix="splitkd-flwr-home-") as home:
-        with LocalFederation(home=Path(home), simulation=True, threads=1) as federation:
+        with LocalFederation(
+            home=Path(home), simulation=True, threads=threads
+        ) as federation:
             rc = federation.run(APP_DIR, run_config, federation_config)
     summary_path = output_dir / "summary.json"
     if rc != 0 or not summary_path.is_file():
-        raise click.ClickException(
-            f"`flwr run` failed (exit code {rc}); see the log above"
+        typer.echo(
+            f"error: the run did not finish (`flwr run` exit code {rc}, no "
+            f"{summary_path}); the ServerApp's error is in the log above",
+            err=True,
         )
+        raise typer.Exit(1)
     summary = json.loads(summary_path.read_text())
     typer.echo(f"\nsimulation finished in {time.monotonic() - started:.0f} s")
     for key, value in summary.items():

@@ -15,3 +15,8 @@ Divergence = Literal["forward-kl", "reverse-kl", "jsd"]
 DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 
 MODES: tuple[str, ...] = ("split-kd", "koala")
+
+# The case study models Llama-3.2-1B (16 decoder layers) as the student, so the tiny
+# default student is 16 layers deep too: cut layer c means the same block in both.
+# (Here, not in default_models, so a run config is checked without importing transformers.)
+STUDENT_NUM_LAYERS = 16

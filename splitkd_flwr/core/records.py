@@ -8,6 +8,7 @@ checks every value's type and names the key that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -74,9 +75,13 @@ def from_hyphenated(
     fields = {hyphenated(f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown {what} key {unknown[0]!r}; known keys: " + ", ".join(fields)
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else "known keys: " + ", ".join(fields)
         )
+        raise ConfigError(f"unknown {what} key {unknown[0]!r}; {hint}")
     values: dict[str, Any] = {}
     for key, field in fields.items():
         if key not in mapping:

@@ -2,11 +2,8 @@
 
 from transformers import LlamaConfig
 
+from splitkd_flwr.core.constants import STUDENT_NUM_LAYERS
 from splitkd_flwr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-# The case study models Llama-3.2-1B (16 decoder layers) as the student, so the tiny
-# default student is 16 layers deep too: cut layer c means the same block in both.
-STUDENT_NUM_LAYERS = 16
 
 # examples per mini-batch
 DEFAULT_BATCH_SIZE = 16

@@ -135,6 +135,11 @@ class RunConfig:
     eval_batches: int = _help(
         "held-out mini-batches the server evaluates per round (0: all)", 8
     )
+    threads: int = _help(
+        "torch/OpenMP threads of each process (server, every device), set by the apps "
+        "themselves (0: torch's default)",
+        1,
+    )
     output_dir: str = _help(
         "where metrics, the config and the final student are written", "outputs"
     )
@@ -191,6 +196,7 @@ class RunConfig:
         need(self.frame_timeout_s > 0, "frame-timeout-s", "> 0")
         need(self.round_timeout_s > 0, "round-timeout-s", "> 0")
         need(self.eval_batches >= 0, "eval-batches", ">= 0")
+        need(self.threads >= 0, "threads", ">= 0")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

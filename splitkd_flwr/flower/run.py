@@ -22,6 +22,7 @@ from splitkd_flwr.data.loading import encode_documents, iterate_batches, load_ex
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.default_models.prepare import prepare_default_models
 from splitkd_flwr.flower.config import RunConfig
+from splitkd_flwr.flower.environment import environment_record
 from splitkd_flwr.flower.loop import RoundStrategy, run_rounds
 from splitkd_flwr.flower.nodes import wait_for_nodes
 from splitkd_flwr.flower.report import MetricsLog, plot_rounds, print_report
@@ -86,6 +87,7 @@ def run_strategy(grid: Grid, config: RunConfig, build: StrategyFactory) -> Path:
         )
         summary = strategy.finish(grid, output_dir, metrics_log.records)
     summary["metrics saved to"] = str(metrics_log.jsonl_path)
+    summary["environment"] = environment_record(config.threads)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_report(metrics_log.records, summary)
     plot_rounds(metrics_log.records, output_dir / "rounds.png")

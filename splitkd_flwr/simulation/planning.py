@@ -40,7 +40,8 @@ class Planner(ABC):
 
     Subclass it and name your class in the run config
     (``planner = "mypkg.mymod:MyPlanner"``); it is built as
-    ``MyPlanner(workload, cut_layer=..., delay_bound_s=..., **options)``.
+    ``MyPlanner(workload, cut_layer=..., delay_bound_s=...)``, plus the run's extra options
+    (``fleet``) if its constructor names them or takes ``**options``.
     """
 
     def __init__(
@@ -268,7 +269,11 @@ def load_planner(
     delay_bound_s: float | None = None,
     **options: Any,
 ) -> Planner:
-    """Build a planner from a registered name or a dotted path; ``options`` go to its constructor."""
+    """Build a planner from a registered name or a dotted path.
+
+    ``options`` (e.g. ``fleet``) go only to constructors that name them or take ``**options``:
+    a plug-in written against :class:`Planner`'s interface gets just its three arguments.
+    """
     return load_component(
         spec,
         Planner,
@@ -276,5 +281,5 @@ def load_planner(
         workload,
         cut_layer=cut_layer,
         delay_bound_s=delay_bound_s,
-        **options,
+        optional=options,
     )
