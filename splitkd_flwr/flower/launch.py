@@ -47,6 +47,8 @@ def flower_env(home: Path, threads: int | None = None) -> dict[str, str]:
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env["RAY_DEDUP_LOGS"] = "0"
+    # Keep Ray's current behaviour (no GPUs asked for: none hidden) and its FutureWarning off.
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     return env
 
 

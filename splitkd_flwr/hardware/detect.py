@@ -15,6 +15,8 @@ from splitkd_flwr.hardware.meters import EnergyMeter, HardwareUnavailable, NullM
 from splitkd_flwr.hardware.nvml import NvmlClock, NvmlDevice, NvmlMeter
 
 logger = logging.getLogger(__name__)
+# Meter lines already logged by this process (each is logged once, then at DEBUG).
+_REPORTED: set[str] = set()
 
 BACKENDS = ("auto", "nvml", "jetson", "none")
 T = TypeVar("T")
@@ -78,11 +80,12 @@ def detect_meter(
         },
         NullMeter,
     )
-    logger.info(
-        "Energy meter: %s%s",
-        meter.source,
-        f" ({meter.reason})" if isinstance(meter, NullMeter) else "",
+    line = f"Energy meter: {meter.source}" + (
+        f" ({meter.reason})" if isinstance(meter, NullMeter) else ""
     )
+    # A device builds its meter every round; say what it found once per process.
+    logger.log(logging.DEBUG if line in _REPORTED else logging.INFO, line)
+    _REPORTED.add(line)
     return meter
 
 

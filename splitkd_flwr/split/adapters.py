@@ -127,7 +127,7 @@ class RotaryArchitecture(Architecture):
             "config": config,
             "inputs_embeds": hidden,
             "attention_mask": attention_mask,
-            "past_key_values": None,
+            "cache": None,
             "position_ids": position_ids,
         }
         layer_types = _layer_types(config)
@@ -181,7 +181,7 @@ class GPT2Architecture(Architecture):
             config=config,
             inputs_embeds=hidden,
             attention_mask=attention_mask,
-            past_key_values=None,
+            cache=None,
             position_ids=position_ids,
         )
         return lambda i: {"attention_mask": mask, "position_ids": position_ids}
