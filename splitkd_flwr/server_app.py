@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from splitkd_flwr.core.errors import SplitKDError
 from splitkd_flwr.flower.config import RunConfig
-from splitkd_flwr.flower.environment import apply_threads
+from splitkd_flwr.flower.environment import apply_threads, quiet_libraries
 from splitkd_flwr.flower.logs import route_to_flower
 from splitkd_flwr.flower.preflight import check_run
 
@@ -31,6 +31,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run split KD (or KOALA) for ``num-rounds`` rounds and save the result."""
     route_to_flower()
+    quiet_libraries()
     try:
         config = RunConfig.from_run_config(context.run_config)
         apply_threads(config.threads)

@@ -15,6 +15,7 @@ from splitkd_flwr.core.errors import SplitKDError
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.launch import LocalFederation
 from splitkd_flwr.flower.preflight import check_run
+from splitkd_flwr.flower.report import format_value
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the project root (pyproject.toml)
 
@@ -99,4 +100,4 @@ def simulate(
     summary = json.loads(summary_path.read_text())
     typer.echo(f"\nsimulation finished in {time.monotonic() - started:.0f} s")
     for key, value in summary.items():
-        typer.echo(f"  {key}: {value}")
+        typer.echo(f"  {key}: {format_value(key, value)}")

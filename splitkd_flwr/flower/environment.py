@@ -31,6 +31,17 @@ def apply_run_threads(run_config: Mapping[str, Any]) -> None:
     apply_threads(threads if isinstance(threads, int) else 1)
 
 
+def quiet_libraries() -> None:
+    """Turn off transformers' progress bars ("Loading weights", "Writing model shards").
+
+    Every device process loads and saves models each round; in a run's streamed log the
+    bars are dozens of lines that say nothing (the per-round line says what happened).
+    """
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    hf_logging.disable_progress_bar()
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python and of the packages the numbers depend on (absent ones left out)."""
     versions = {"python": platform.python_version()}

@@ -86,13 +86,14 @@ def print_report(
     for title, _ in present:
         table.add_column(title, justify="right")
     for record in records:
-        table.add_row(*(_cell(key, record.get(key)) for _, key in present))
+        table.add_row(*(format_value(key, record.get(key)) for _, key in present))
     console.print(table)
     for key, value in summary.items():
-        console.print(f"{key}: {_cell(key, value)}")
+        console.print(f"{key}: {format_value(key, value)}")
 
 
-def _cell(key: str, value: Any) -> str:
+def format_value(key: str, value: Any) -> str:
+    """``value`` rounded for people (4 significant digits; bytes in MB); the JSONL keeps all."""
     if value is None:
         return "-"
     if key.endswith("bytes-up"):
