@@ -26,6 +26,9 @@ class NodeConfig:
     data_path: str  # "" = the built-in corpus partition `partition-id`
     cache_dir: Path  # provisioned assets and the deployed student live here
     energy_meter: str  # "auto", "nvml", "jetson" or "none"
+    energy_budget_j: float | None = (
+        None  # for `energy-aware` selection; None: unlimited
+    )
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeConfig:
@@ -52,6 +55,15 @@ class NodeConfig:
             raise ConfigError(
                 f"energy-meter must be auto, nvml, jetson or none, got {meter!r}"
             )
+        budget = node_config.get("energy-budget-j", 0)
+        if (
+            isinstance(budget, bool)
+            or not isinstance(budget, (int, float))
+            or budget < 0
+        ):
+            raise ConfigError(
+                f"energy-budget-j must be a number >= 0 (0: unlimited), got {budget!r}"
+            )
         return cls(
             partition_id=partition_id,
             num_partitions=num_partitions,
@@ -59,6 +71,7 @@ class NodeConfig:
             data_path=str(node_config.get("data-path", "")),
             cache_dir=cache_dir,
             energy_meter=meter,
+            energy_budget_j=float(budget) if budget > 0 else None,
         )
 
 

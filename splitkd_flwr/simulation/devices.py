@@ -177,10 +177,20 @@ class Fleet:
     profiles: Mapping[str, DeviceProfile] = field(
         default_factory=lambda: dict(DEFAULT_PROFILES)
     )
+    # Energy budget (J) of each device, in ``devices`` order; 0 or () = unlimited
+    energy_budgets_j: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.devices:
             raise ConfigError("a fleet needs at least one device")
+        budgets = self.energy_budgets_j
+        if budgets and (
+            len(budgets) != len(self.devices) or any(not b >= 0 for b in budgets)
+        ):
+            raise ConfigError(
+                f"fleet: energy_budgets_j needs {len(self.devices)} numbers >= 0 (one "
+                f"per device, 0 = unlimited), got {list(budgets)}"
+            )
         for name in (self.server, *self.devices):
             if name not in self.profiles:
                 raise ConfigError(
@@ -200,6 +210,13 @@ class Fleet:
             raise ConfigError(
                 f"unknown device profile {name!r}: known {sorted(self.profiles)}"
             ) from None
+
+    def energy_budget_of(self, partition_id: int) -> float | None:
+        """Energy budget (J) of device ``partition_id`` (wrapping around); None = unlimited."""
+        if not self.energy_budgets_j:
+            return None
+        budget = self.energy_budgets_j[partition_id % len(self.devices)]
+        return float(budget) if budget > 0 else None
 
     def profile_of(self, partition_id: int) -> DeviceProfile:
         """Profile of device ``partition_id`` (ids beyond the list wrap around)."""
@@ -240,14 +257,16 @@ def _profile_from_table(
 def fleet_from_dict(data: Mapping[str, Any]) -> Fleet:
     """Build a fleet from a parsed TOML/JSON table, on top of the default profiles.
 
-    Keys: ``server`` (profile name), ``devices`` (profile names in partition order) and
+    Keys: ``server`` (profile name), ``devices`` (profile names in partition order),
+    ``energy_budgets_j`` (one number per device, or one for all; 0 = unlimited) and
     ``[profiles.<name>]`` tables with DeviceProfile fields; ``extends = "<name>"`` copies
     an existing profile and overrides the keys given.
     """
-    unknown = set(data) - {"server", "devices", "profiles"}
+    unknown = set(data) - {"server", "devices", "profiles", "energy_budgets_j"}
     if unknown:
         raise ConfigError(
-            f"fleet: unknown keys {sorted(unknown)}; allowed server, devices, profiles"
+            f"fleet: unknown keys {sorted(unknown)}; allowed server, devices, profiles, "
+            "energy_budgets_j"
         )
     profiles = dict(DEFAULT_PROFILES)
     for name, table in dict(data.get("profiles", {})).items():
@@ -258,8 +277,16 @@ def fleet_from_dict(data: Mapping[str, Any]) -> Fleet:
             name, table, profiles.get(parent) if parent else None
         )
     devices: Sequence[str] = data.get("devices", DEFAULT_DEVICES)
+    budgets = data.get("energy_budgets_j", ())
+    if isinstance(
+        budgets, (int, float)
+    ):  # one number: the same budget for every device
+        budgets = [budgets] * len(devices)
     return Fleet(
-        server=data.get("server", "rtx4090"), devices=tuple(devices), profiles=profiles
+        server=data.get("server", "rtx4090"),
+        devices=tuple(devices),
+        profiles=profiles,
+        energy_budgets_j=tuple(float(b) for b in budgets),
     )
 
 

@@ -72,9 +72,15 @@ class EnergyAware(Selector):
     (``1 - energy_used_j / energy_budget_j``; an unlimited budget counts as all left).
 
     Ties (e.g. no budgets at all) go to the device that has trained fewest rounds, then to
-    the one that has spent least. Devices with nothing left are skipped; if every device is
-    spent, the least overdrawn one is returned with a warning.
+    the one that has spent least. Devices with nothing left are skipped (logged once per
+    device); if every device is spent, the least overdrawn one is returned with a warning.
+    Budgets come from the fleet file (``energy_budgets_j``) or a node's ``energy-budget-j``.
     """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self._reported_spent: set[int] = set()
+        self._warned_all_spent = False
 
     def select(self, devices: Sequence[DeviceState], server_round: int) -> DeviceState:
         """Return the device with the most budget left."""
@@ -88,16 +94,32 @@ class EnergyAware(Selector):
                 else -math.inf
             )
 
+        for d in devices:
+            if left(d) <= 0 and d.node_id not in self._reported_spent:
+                self._reported_spent.add(d.node_id)
+                logger.info(
+                    "round %s: node %s (partition %s) has spent its energy budget "
+                    "(%.4g of %.4g J); skipped while others have budget left",
+                    server_round,
+                    d.node_id,
+                    d.partition_id,
+                    d.energy_used_j,
+                    d.energy_budget_j,
+                )
         best = min(
             devices,
             key=lambda d: (-left(d), d.rounds_trained, d.energy_used_j, *_by_id(d)),
         )
         if left(best) <= 0:
-            logger.warning(
-                "round %s: every device has spent its energy budget; selecting node %s",
+            # Once per run: from then on every round would say the same.
+            logger.log(
+                logging.DEBUG if self._warned_all_spent else logging.WARNING,
+                "round %s: every device has spent its energy budget; selecting the "
+                "least overdrawn (node %s)",
                 server_round,
                 best.node_id,
             )
+            self._warned_all_spent = True
         return best
 
 

@@ -44,6 +44,8 @@ def profile(msg: Message, context: Context) -> Message:
             "assets-key": assets.stored_key(node.cache_dir),
         }
     )
+    if node.energy_budget_j is not None:
+        record["energy-budget-j"] = node.energy_budget_j
     return Message(RecordDict({protocol.PROFILE: record}), reply_to=msg)
 
 

@@ -60,6 +60,11 @@ class NodeRegistry:
                     node_id=node_id,
                     partition_id=int(profile["partition-id"]),
                     profile_name=str(profile["device"]),
+                    energy_budget_j=(
+                        float(profile["energy-budget-j"])  # type: ignore[arg-type]
+                        if "energy-budget-j" in profile
+                        else None
+                    ),
                 )
                 self._nodes[node_id] = _Node(state, str(profile["assets-key"]))
             except (KeyError, TypeError, ValueError) as err:

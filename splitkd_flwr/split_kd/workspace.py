@@ -100,7 +100,8 @@ class Workspace:
         return {"fleet": self.config.scenario_fleet or None}
 
     def link_fn(self) -> Callable[[DeviceState, int], DeviceState] | None:
-        """Fills in each device's modelled link and hardware per round (simulation), or None."""
+        """Fills in each device's modelled link, hardware and energy budget per round
+        (simulation), or None."""
         scenario = self.scenario()
         if scenario is None:
             return None
@@ -109,12 +110,17 @@ class Workspace:
             modelled = scenario.device_state(
                 device.partition_id % scenario.num_devices, server_round
             )
+            # A budget the device's node config gave wins over the fleet file's.
+            budget_j = device.energy_budget_j
+            if budget_j is None:
+                budget_j = scenario.fleet.energy_budget_of(device.partition_id)
             return replace(
                 device,
                 profile_name=modelled.profile_name,
                 uplink_bps=modelled.uplink_bps,
                 downlink_bps=modelled.downlink_bps,
                 snr_db=modelled.snr_db,
+                energy_budget_j=budget_j,
             )
 
         return with_link

@@ -14,7 +14,9 @@ from splitkd_flwr.simulation.planning import Plan, load_planner
 from splitkd_flwr.simulation.selection import load_selector
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOAD = Workload(num_student_layers=16, batch_size=8, seq_len=64, batches_per_round=4)
+WORKLOAD = Workload(
+    num_student_layers=16, batch_size=8, seq_len=64, batches_per_round=4
+)
 
 
 def _readme_plugins() -> tuple[str, str, str]:
@@ -46,8 +48,12 @@ def test_readme_plugins_load_and_decide_as_the_run_builds_them(plugin_package) -
     # Prepare
     selector_spec, planner_spec = plugin_package
     devices = [
-        DeviceState(node_id=7, partition_id=0, profile_name="agx-orin-1.3", uplink_bps=2e6),
-        DeviceState(node_id=8, partition_id=1, profile_name="orin-nx-0.91", uplink_bps=9e6),
+        DeviceState(
+            node_id=7, partition_id=0, profile_name="agx-orin-1.3", uplink_bps=2e6
+        ),
+        DeviceState(
+            node_id=8, partition_id=1, profile_name="orin-nx-0.91", uplink_bps=9e6
+        ),
     ]
 
     # Execute: the arguments split_kd/run.py passes, the extra `fleet` option included

@@ -77,3 +77,28 @@ def test_bad_fleet_files_name_the_problem(tmp_path: Path, text: str) -> None:
 def test_unknown_profile_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="agx-orin-1.3"):
         Fleet().profile("tpu")
+
+
+def test_fleet_energy_budgets_per_device_or_for_all(tmp_path: Path) -> None:
+    # Prepare
+    per_device = tmp_path / "per-device.toml"
+    per_device.write_text(
+        'devices = ["agx-orin-1.3", "orin-nx-0.91"]\nenergy_budgets_j = [500.0, 0]\n'
+    )
+    for_all = tmp_path / "for-all.toml"
+    for_all.write_text("energy_budgets_j = 800\n")
+
+    # Execute
+    fleet, shared = load_fleet(per_device), load_fleet(for_all)
+
+    # Assert: 0 = unlimited; ids wrap around like profiles
+    assert [fleet.energy_budget_of(i) for i in range(3)] == [500.0, None, 500.0]
+    assert {shared.energy_budget_of(i) for i in range(10)} == {800.0}
+    assert load_fleet(None).energy_budget_of(0) is None
+
+
+def test_fleet_energy_budgets_must_match_the_devices(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('devices = ["agx-orin-1.3"]\nenergy_budgets_j = [1.0, 2.0]\n')
+    with pytest.raises(ConfigError, match="energy_budgets_j"):
+        load_fleet(bad)

@@ -96,3 +96,24 @@ def test_load_by_name_and_dotted_path() -> None:
         load_selector("no-such-selector")
     with pytest.raises(ConfigError):
         load_selector("splitkd_flwr.core.types:Workload")  # not a Selector
+
+
+def test_energy_aware_skips_a_spent_device_with_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Prepare: device 0 has trained least but spent its budget
+    devices = _devices(
+        energy_used_j=[150.0, 10.0, 20.0],
+        energy_budget_j=[100.0, 1000.0, None],
+        rounds_trained=[0, 2, 2],
+    )
+    selector = EnergyAware()
+
+    # Execute
+    with caplog.at_level("INFO"):
+        picks = [selector.select(devices, r).partition_id for r in (1, 2, 3)]
+
+    # Assert: never the spent device; said once, not once per round
+    assert 0 not in picks
+    spent = [r for r in caplog.records if "spent its energy budget" in r.getMessage()]
+    assert len(spent) == 1 and "node 100" in spent[0].getMessage()
