@@ -20,3 +20,12 @@ MODES: tuple[str, ...] = ("split-kd", "koala")
 # default student is 16 layers deep too: cut layer c means the same block in both.
 # (Here, not in default_models, so a run config is checked without importing transformers.)
 STUDENT_NUM_LAYERS = 16
+
+# How a run splits a user's text among simulated vehicles (run-config `vehicle-partitioner`).
+VEHICLE_PARTITIONERS: tuple[str, ...] = (
+    "auto",
+    "by-entry",
+    "iid",
+    "dirichlet",
+    "column",
+)

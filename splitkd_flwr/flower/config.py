@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from splitkd_flwr.core.constants import DIVERGENCES, MODES, WIRE_DTYPES
+from splitkd_flwr.core.constants import (
+    DIVERGENCES,
+    MODES,
+    VEHICLE_PARTITIONERS,
+    WIRE_DTYPES,
+)
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.core.records import from_hyphenated, hyphenated, to_hyphenated
 
@@ -107,6 +112,22 @@ class RunConfig:
     eval_data: str = _help(
         "server's held-out text (.txt/.jsonl/dir) or `builtin`", "builtin"
     )
+    vehicle_data: str = _help(
+        "simulated vehicles' text: a directory with one file/sub-directory per vehicle, or "
+        "one corpus (.txt/.jsonl/.parquet/`datasets` directory) the run partitions; "
+        "empty: built-in",
+        "",
+    )
+    vehicle_partitioner: str = _help(
+        "`auto`, `by-entry`, `iid`, `dirichlet` or `column` (flwr-datasets partitioners)",
+        "auto",
+    )
+    vehicle_partition_by: str = _help(
+        "column the `dirichlet` / `column` partitioner splits by", ""
+    )
+    vehicle_dirichlet_alpha: float = _help(
+        "concentration of the `dirichlet` partitioner (small: more skew)", 0.5
+    )
     teacher: str = _help(
         "teacher directory (`save_pretrained` layout) or `default`", "default"
     )
@@ -197,6 +218,12 @@ class RunConfig:
         need(self.round_timeout_s > 0, "round-timeout-s", "> 0")
         need(self.eval_batches >= 0, "eval-batches", ">= 0")
         need(self.threads >= 0, "threads", ">= 0")
+        need(
+            self.vehicle_partitioner in VEHICLE_PARTITIONERS,
+            "vehicle-partitioner",
+            f"one of {VEHICLE_PARTITIONERS}",
+        )
+        need(self.vehicle_dirichlet_alpha > 0, "vehicle-dirichlet-alpha", "> 0")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

@@ -45,13 +45,16 @@ def _local_examples(
 ) -> Examples:
     if node.data_path:
         texts = read_documents(node.data_path)
+    elif node.vehicle_data is not None:
+        texts = node.vehicle_data.texts(node.partition_id, node.num_partitions)
     else:
         split = builtin_split(node.num_partitions, seed=PARTITION_SEED)
         texts = [doc.text for doc in split.devices[node.partition_id]]
     examples = encode_documents(texts, tokenizer, seq_len)
     if len(examples) == 0:
         raise ConfigError(
-            f"device {node.partition_id} has no usable text ({node.data_path or 'built-in'})"
+            f"device {node.partition_id} has no usable text "
+            f"({node.data_path or (node.vehicle_data and node.vehicle_data.path) or 'built-in'})"
         )
     return examples
 

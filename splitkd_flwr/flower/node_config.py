@@ -9,6 +9,7 @@ from typing import Any
 
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.default_models.prepare import default_cache_dir
+from splitkd_flwr.flower.vehicle_data import VehicleData
 from splitkd_flwr.simulation.devices import DEFAULT_DEVICES
 
 
@@ -26,13 +27,16 @@ class NodeConfig:
     data_path: str  # "" = the built-in corpus partition `partition-id`
     cache_dir: Path  # provisioned assets and the deployed student live here
     energy_meter: str  # "auto", "nvml", "jetson" or "none"
-    energy_budget_j: float | None = (
-        None  # for `energy-aware` selection; None: unlimited
-    )
+    # For `energy-aware` selection (node key `energy-budget-j`); None: unlimited
+    energy_budget_j: float | None = None
+    # A user's text from the run config (simulation), used when data_path is empty
+    vehicle_data: VehicleData | None = None
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeConfig:
-        """Parse Flower's ``context.node_config``."""
+    def from_node_config(
+        cls, node_config: Mapping[str, Any], run_config: Mapping[str, Any] | None = None
+    ) -> NodeConfig:
+        """Parse Flower's ``context.node_config`` (and ``vehicle-data`` of its run config)."""
         try:
             partition_id = int(node_config.get("partition-id", 0))
             num_partitions = int(node_config.get("num-partitions", 1))
@@ -72,6 +76,7 @@ class NodeConfig:
             cache_dir=cache_dir,
             energy_meter=meter,
             energy_budget_j=float(budget) if budget > 0 else None,
+            vehicle_data=VehicleData.from_run_config(run_config or {}),
         )
 
 

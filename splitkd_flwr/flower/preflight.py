@@ -19,6 +19,7 @@ from splitkd_flwr.core.components import component_class
 from splitkd_flwr.core.constants import STUDENT_NUM_LAYERS
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.flower.config import RunConfig
+from splitkd_flwr.flower.vehicle_data import VehicleData
 from splitkd_flwr.simulation.devices import load_fleet
 from splitkd_flwr.simulation.planning import PLANNERS, Fixed, Planner
 from splitkd_flwr.simulation.selection import SELECTORS, Selector
@@ -71,6 +72,9 @@ def _check_files(config: RunConfig) -> None:
             raise ConfigError(f"{key}: {path!r} does not exist")
     if config.scenario_fleet:
         load_fleet(Path(config.scenario_fleet).expanduser())
+    vehicle_data = VehicleData.from_run_config(config.to_run_config())
+    if vehicle_data is not None:
+        vehicle_data.check()
 
 
 def _model_config(spec: str, key: str) -> dict[str, Any] | None:

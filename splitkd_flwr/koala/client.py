@@ -22,7 +22,7 @@ def koala_train(msg: Message, context: Context) -> Message:
     The contract (record keys, metrics) is in :mod:`splitkd_flwr.koala.protocol`.
     """
     started = time.perf_counter()
-    node = NodeConfig.from_node_config(context.node_config)
+    node = NodeConfig.from_node_config(context.node_config, context.run_config)
     plan = kp.KoalaPlan.from_record(msg.content[kp.PLAN])
     model_record = msg.content[kp.MODEL]
     torch.manual_seed(plan.seed)

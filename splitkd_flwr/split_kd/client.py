@@ -36,7 +36,7 @@ from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
 
 def profile(msg: Message, context: Context) -> Message:
     """Say who this device is and which assets it already holds."""
-    node = NodeConfig.from_node_config(context.node_config)
+    node = NodeConfig.from_node_config(context.node_config, context.run_config)
     record = ConfigRecord(
         {
             "partition-id": node.partition_id,
@@ -51,7 +51,7 @@ def profile(msg: Message, context: Context) -> Message:
 
 def provision(msg: Message, context: Context) -> Message:
     """Store the student config, tokenizer and teacher embedding the server sent."""
-    node = NodeConfig.from_node_config(context.node_config)
+    node = NodeConfig.from_node_config(context.node_config, context.run_config)
     key = assets.store(
         node.cache_dir,
         msg.content[protocol.ASSETS],
@@ -65,7 +65,7 @@ def provision(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Run the device side of one split round over the data plane; return its layers."""
     started = time.perf_counter()
-    node = NodeConfig.from_node_config(context.node_config)
+    node = NodeConfig.from_node_config(context.node_config, context.run_config)
     plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
     torch.manual_seed(plan.seed)
     # Only the embeddings and blocks below the cut take memory; the rest stays on "meta".
@@ -106,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Keep the distilled student (deployment) and report how it does on local data."""
-    node = NodeConfig.from_node_config(context.node_config)
+    node = NodeConfig.from_node_config(context.node_config, context.run_config)
     student = _load_student(node)
     student.load_state_dict(msg.content[protocol.STUDENT].to_torch_state_dict())
     student.save_pretrained(node.cache_dir / "deployed-student")
