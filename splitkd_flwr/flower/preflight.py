@@ -37,23 +37,32 @@ def check_run(config: RunConfig, explicit: Collection[str] = ()) -> None:
         The run's config (each value already checked on its own).
     explicit : Collection[str]
         Keys the user set: a ``cut-layer`` the user gave is checked against the student
-        even when the planner ignores it; the default one only for the ``fixed`` planner.
+        even when the planner plans its own cut; the default one only for ``fixed``.
     """
     _check_files(config)
     component_class(config.selector, Selector, SELECTORS)
     planner = component_class(config.planner, Planner, PLANNERS)
     teacher = _model_config(config.teacher, "teacher")
-    student = _model_config(config.student, "student")
-    if teacher is not None and student is not None:
-        if teacher["vocab_size"] != student["vocab_size"]:
-            raise ConfigError(
-                f"teacher and student vocabularies differ (teacher vocab_size "
-                f"{teacher['vocab_size']}, student {student['vocab_size']}); distillation "
-                "needs one shared vocabulary"
-            )
+    # KOALA's `student` names one small model per architecture, comma-separated.
+    names = (
+        [n.strip() for n in config.student.split(",") if n.strip()] or ["default"]
+        if config.mode == "koala"
+        else [config.student]
+    )
+    students = [_model_config(name, "student") for name in names]
+    for student in students:
+        if teacher is not None and student is not None:
+            if teacher["vocab_size"] != student["vocab_size"]:
+                raise ConfigError(
+                    f"teacher and student vocabularies differ (teacher vocab_size "
+                    f"{teacher['vocab_size']}, student {student['vocab_size']}); "
+                    "distillation needs one shared vocabulary"
+                )
+    student = students[0]
     layers = STUDENT_NUM_LAYERS if student is None else _num_layers(student)
-    uses_cut = issubclass(planner, Fixed) or planner not in PLANNERS.values()
-    if (uses_cut or "cut-layer" in explicit) and not 1 <= config.cut_layer < layers:
+    if (
+        issubclass(planner, Fixed) or "cut-layer" in explicit
+    ) and not 1 <= config.cut_layer < layers:
         raise ConfigError(
             f"cut-layer must be in 1..{layers - 1} (the student has {layers} blocks), "
             f"got {config.cut_layer}"

@@ -12,6 +12,7 @@ from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.preflight import check_run
 from splitkd_flwr.simulation.planning import Plan, load_planner
 from splitkd_flwr.simulation.selection import load_selector
+from tests.apps.tiny import save_tiny_pair, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = Workload(
@@ -100,3 +101,31 @@ def test_a_default_cut_the_planner_ignores_is_not_an_error() -> None:
     check_run(config)
     with pytest.raises(ConfigError, match="cut-layer"):
         check_run(config, explicit={"cut-layer"})
+
+
+def test_koala_students_are_each_checked_against_the_teacher(tmp_path: Path) -> None:
+    # Prepare: a real pair, and a second small model with another vocabulary
+    teacher_dir, student_dir = save_tiny_pair(tmp_path, student_layers=2)
+    other = tmp_path / "other-vocab"
+    tiny_llama(vocab_size=123, hidden=16, layers=2).save_pretrained(other)
+    values = {"mode": "koala", "teacher": str(teacher_dir)}
+
+    # Execute / Assert
+    check_run(RunConfig.from_run_config({**values, "student": f"{student_dir}"}))
+    with pytest.raises(ConfigError, match="123"):
+        check_run(
+            RunConfig.from_run_config({**values, "student": f"{student_dir},{other}"})
+        )
+
+
+def test_a_plugin_planner_with_the_default_cut_and_a_shallow_student(
+    tmp_path: Path, plugin_package
+) -> None:
+    # The default cut-layer (4) does not fit a 4-block student, but only `fixed` uses it.
+    _, planner_spec = plugin_package
+    teacher_dir, student_dir = save_tiny_pair(tmp_path / "m", student_layers=4)
+    check_run(
+        RunConfig(
+            teacher=str(teacher_dir), student=str(student_dir), planner=planner_spec
+        )
+    )
