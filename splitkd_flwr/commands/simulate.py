@@ -16,6 +16,7 @@ from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.launch import LocalFederation
 from splitkd_flwr.flower.preflight import check_run
 from splitkd_flwr.flower.report import format_value
+from splitkd_flwr.flower.vehicle_data import VehicleData
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the project root (pyproject.toml)
 
@@ -66,6 +67,9 @@ def simulate(
     try:
         config = RunConfig.from_run_config(run_config)
         check_run(config, explicit=overrides)
+        vehicle_data = VehicleData.from_run_config(config.to_run_config())
+        if vehicle_data is not None:
+            vehicle_data.check_partitions(vehicles)
     except SplitKDError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

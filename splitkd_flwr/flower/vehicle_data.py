@@ -94,12 +94,25 @@ class VehicleData:
         path = Path(self.path).expanduser()
         return "by-entry" if path.is_dir() and not _is_saved_dataset(path) else "iid"
 
+    def check_partitions(self, num_partitions: int) -> None:
+        """Raise ConfigError unless each of ``num_partitions`` vehicles gets some text.
+
+        Reads and splits the data (seconds): `splitkd simulate` calls it before starting
+        anything, because it knows the number of vehicles; the ServerApp does not.
+        """
+        for partition_id in range(num_partitions):
+            if not self.texts(partition_id, num_partitions):
+                raise ConfigError(
+                    f"vehicle-data: vehicle {partition_id} of {num_partitions} gets no text "
+                    f"from {self.path!r} ({self.resolved_partitioner()} split)"
+                )
+
     def texts(self, partition_id: int, num_partitions: int) -> list[str]:
         """The documents of vehicle ``partition_id`` of ``num_partitions``."""
         return list(_partition_texts(self, partition_id, num_partitions))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=64)
 def _partition_texts(
     spec: VehicleData, partition_id: int, num_partitions: int
 ) -> tuple[str, ...]:
@@ -114,12 +127,21 @@ def _partition_texts(
                 f"{num_partitions} vehicles (one file or sub-directory each)"
             )
         return tuple(_read_documents(entries[partition_id]))
+    dataset = _load_corpus(path, spec.seed if kind == "iid" else None)
+    if kind != "iid" and spec.partition_by not in dataset.column_names:
+        raise ConfigError(
+            f"vehicle-partition-by: {spec.path!r} has no column {spec.partition_by!r} "
+            f"(columns: {dataset.column_names})"
+        )
     partition = _partitioner(spec, num_partitions, kind)
-    partition.dataset = _load_corpus(path, spec.seed if kind == "iid" else None)
+    partition.dataset = dataset
     try:
+        if partition.num_partitions < num_partitions:
+            raise ConfigError(
+                f"vehicle-partition-by: {spec.partition_by!r} has "
+                f"{partition.num_partitions} values for {num_partitions} vehicles"
+            )
         texts = partition.load_partition(partition_id)[TEXT_COLUMN]
-    except KeyError as err:
-        raise ConfigError(f"vehicle-data: {spec.path!r} has no column {err}") from None
     except ValueError as err:
         raise ConfigError(
             f"vehicle-data: cannot partition {spec.path!r}: {err}"

@@ -82,3 +82,22 @@ def test_vocab_mismatch_is_refused_before_loading(
     assert "300" in lines[0] and "200" in lines[0]
     assert elapsed_s < 10.0
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_too_few_vehicle_data_entries_are_refused_before_starting(
+    tmp_path: Path,
+) -> None:
+    # Prepare: text for 2 vehicles, a run of 10
+    per_vehicle = tmp_path / "per-vehicle"
+    per_vehicle.mkdir()
+    for i in range(2):
+        (per_vehicle / f"vehicle-{i}.txt").write_text("Driver: hello. Assistant: hi.\n")
+
+    # Execute
+    done, elapsed_s = _simulate(tmp_path, f"vehicle-data={per_vehicle}")
+
+    # Assert
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "2 entries for 10 vehicles" in lines[0], done.stderr
+    assert elapsed_s < 10.0

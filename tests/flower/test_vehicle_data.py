@@ -117,3 +117,15 @@ def test_bad_vehicle_data_is_refused_before_the_run(
         check_run(
             RunConfig.from_run_config({"vehicle-data": str(saved_dataset), **values})
         )
+
+
+def test_a_column_split_needs_the_column_and_a_value_per_vehicle(
+    saved_dataset: Path,
+) -> None:
+    topics = len({d.topic for d in DOCS})
+    by_topic = VehicleData(str(saved_dataset), "column", partition_by="topic")
+    assert len(by_topic.texts(topics - 1, topics)) > 0
+    with pytest.raises(ConfigError, match=f"{topics} values for {topics + 1} vehicles"):
+        by_topic.texts(0, topics + 1)
+    with pytest.raises(ConfigError, match="no column 'driver'"):
+        VehicleData(str(saved_dataset), "column", partition_by="driver").texts(0, 2)
