@@ -20,6 +20,7 @@ from splitkd_flwr.core.constants import STUDENT_NUM_LAYERS
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.vehicle_data import VehicleData
+from splitkd_flwr.simulation.cluster_planning import CLUSTER_SELECTORS, ClusterSelector
 from splitkd_flwr.simulation.devices import load_fleet
 from splitkd_flwr.simulation.planning import PLANNERS, Fixed, Planner
 from splitkd_flwr.simulation.selection import SELECTORS, Selector
@@ -42,6 +43,8 @@ def check_run(config: RunConfig, explicit: Collection[str] = ()) -> None:
     _check_files(config)
     component_class(config.selector, Selector, SELECTORS)
     planner = component_class(config.planner, Planner, PLANNERS)
+    if config.cluster_size > 1:
+        component_class(config.cluster_selector, ClusterSelector, CLUSTER_SELECTORS)
     teacher = _model_config(config.teacher, "teacher")
     # KOALA's `student` names one small model per architecture, comma-separated.
     names = (

@@ -129,3 +129,9 @@ def test_a_plugin_planner_with_the_default_cut_and_a_shallow_student(
             teacher=str(teacher_dir), student=str(student_dir), planner=planner_spec
         )
     )
+
+
+def test_a_clustered_run_checks_its_cluster_selector() -> None:
+    check_run(RunConfig(cluster_size=3, cluster_selector="in-order"))
+    with pytest.raises(ConfigError, match="no_such_pkg"):
+        check_run(RunConfig(cluster_size=3, cluster_selector="no_such_pkg.m:C"))
