@@ -11,10 +11,23 @@ from splitkd_flwr.core.constants import DIVERGENCES, IGNORE_INDEX
 from splitkd_flwr.core.errors import ConfigError
 
 
-# Every divergence below works on log-probabilities over the last dimension. Vocabulary
-# entries that either model masks with -inf are left out of the sum: on them KL is 0 or
-# +inf, and +inf (or the NaN of 0 * -inf) would poison the whole batch. They are zeroed
-# before any product so that no NaN reaches the backward pass either.
+# Every divergence below works on log-probabilities over the last dimension, where a
+# vocabulary entry can be -inf (probability 0: a token a model masks out).
+#
+# KL(p || q) = sum_i p_i (log p_i - log q_i). Entries with p_i = 0 contribute exactly 0
+# (0 log 0 = 0). Entries with p_i > 0 and q_i = 0 make the exact KL +inf: there the code
+# does NOT return +inf; it leaves those entries out of the sum and returns the KL over
+# the entries both models can produce (without renormalising). One +inf token would make
+# the batch loss +inf and its gradient NaN, so the whole step would be lost; leaving the
+# entry out keeps the gradient of every other entry exact. The cross-entropy against
+# the labels stays exact (+inf for a label the student rules out).
+#
+# The generalized JSD (0 < beta < 1) is finite everywhere: the mixture M is positive
+# wherever either model is, so only entries where BOTH are -inf are left out (they
+# contribute exactly 0). An entry that only one model rules out still contributes.
+#
+# Non-finite entries are zeroed before any product so that no NaN (0 * -inf, or the
+# gradient of a logsumexp over only -inf) reaches the forward or backward pass.
 def _finite_pair(s_logp: Tensor, t_logp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     keep = torch.isfinite(s_logp) & torch.isfinite(t_logp)
     return s_logp.masked_fill(~keep, 0.0), t_logp.masked_fill(~keep, 0.0), keep
@@ -25,28 +38,37 @@ def _kl_rows(p_logp: Tensor, q_logp: Tensor, keep: Tensor) -> Tensor:
     return (p_logp.exp() * (p_logp - q_logp)).masked_fill(~keep, 0.0).sum(-1)
 
 
+def _jsd_rows(s_logp: Tensor, t_logp: Tensor, beta: float) -> Tensor:
+    """``beta * KL(t || M) + (1 - beta) * KL(s || M)``, exact with one-sided -inf."""
+    s_in, t_in = torch.isfinite(s_logp), torch.isfinite(t_logp)
+    s_safe = s_logp.masked_fill(~s_in, 0.0)
+    t_safe = t_logp.masked_fill(~t_in, 0.0)
+    # log M = logsumexp(log(1 - beta) + s, log(beta) + t), each side -inf where that
+    # model rules the entry out; where both do, any finite stand-in (left out below).
+    neg_inf = torch.tensor(float("-inf"), dtype=s_logp.dtype, device=s_logp.device)
+    s_side = torch.where(s_in, s_safe + math.log(1.0 - beta), neg_inf)
+    t_side = torch.where(t_in, t_safe + math.log(beta), neg_inf)
+    neither = ~(s_in | t_in)
+    s_side = s_side.masked_fill(neither, 0.0)
+    t_side = t_side.masked_fill(neither, 0.0)
+    mixture = torch.logsumexp(torch.stack([s_side, t_side]), dim=0)  # (..., V)
+    return beta * _kl_rows(t_safe, mixture, t_in) + (1.0 - beta) * _kl_rows(
+        s_safe, mixture, s_in
+    )
+
+
 def _divergence_rows(
     s_logp: Tensor, t_logp: Tensor, divergence: str, beta: float = 0.5
 ) -> Tensor:
     """Per-row divergence between student and teacher log-probs (..., V) -> (...)."""
-    s_logp, t_logp, keep = _finite_pair(s_logp, t_logp)
-    if divergence == "forward-kl":
-        return _kl_rows(t_logp, s_logp, keep)
-    if divergence == "reverse-kl":
-        return _kl_rows(s_logp, t_logp, keep)
     # TRL's generalized JSD: the endpoints are the two KLs, the interior the
     # beta-skewed JSD against the mixture M = beta * teacher + (1 - beta) * student.
-    if beta == 0.0:
+    if divergence == "jsd" and 0.0 < beta < 1.0:
+        return _jsd_rows(s_logp, t_logp, beta)
+    s_logp, t_logp, keep = _finite_pair(s_logp, t_logp)
+    if divergence == "forward-kl" or (divergence == "jsd" and beta == 0.0):
         return _kl_rows(t_logp, s_logp, keep)
-    if beta == 1.0:
-        return _kl_rows(s_logp, t_logp, keep)
-    # (..., V)
-    mixture = torch.logsumexp(
-        torch.stack([s_logp + math.log(1.0 - beta), t_logp + math.log(beta)]), dim=0
-    )
-    return beta * _kl_rows(t_logp, mixture, keep) + (1.0 - beta) * _kl_rows(
-        s_logp, mixture, keep
-    )
+    return _kl_rows(s_logp, t_logp, keep)
 
 
 def _masked_mean(per_token: Tensor, labels: Tensor) -> Tensor:
@@ -127,6 +149,13 @@ def forward_kl(
     -------
     Tensor
         A scalar; 0 when every label is -100.
+
+    Notes
+    -----
+    A token the teacher rules out (-inf logit) contributes exactly 0. Where the student
+    rules out a token the teacher does not, the exact KL is +inf; this returns the sum
+    over the other tokens instead (see the comment above ``_finite_pair``), so one such
+    token cannot turn the batch's loss into +inf and its gradient into NaN.
     """
     return _divergence(
         student_logits, teacher_logits, labels, "forward-kl", 0.0, temperature
@@ -157,6 +186,8 @@ def generalized_jsd(
     ``beta * KL(t || M) + (1 - beta) * KL(s || M)`` with
     ``M = beta * t + (1 - beta) * s``; ``beta = 0`` gives the forward KL and
     ``beta = 1`` the reverse KL (TRL's convention), ``beta = 0.5`` the symmetric JSD.
+    For ``0 < beta < 1`` the value is exact and finite even where one model rules a
+    token out (-inf logit); at the endpoints it is the KL, as `forward_kl` documents.
     Other arguments as `forward_kl`.
     """
     return _divergence(student_logits, teacher_logits, labels, "jsd", beta, temperature)

@@ -247,3 +247,80 @@ def test_pure_functions_check_their_arguments() -> None:
         generalized_jsd(s, t, labels, beta=-0.5)
     with pytest.raises(ConfigError, match="hellinger"):
         topk_divergence(s, topk_teacher(t, 3), labels, divergence="hellinger")
+
+
+def _one_sided_inf_logits() -> tuple[torch.Tensor, torch.Tensor]:
+    s, t = _logits(), _logits()
+    t[..., :3] = float("-inf")  # the teacher alone rules out three tokens
+    s[..., 3] = float("-inf")  # the student alone rules out one
+    s[..., -1] = float("-inf")  # both rule out the last
+    t[..., -1] = float("-inf")
+    return s, t
+
+
+def _exact_jsd(s: torch.Tensor, t: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token generalized JSD in fp64 with 0 * log 0 = 0 (torch.xlogy)."""
+    p_s, p_t = F.softmax(s.double(), -1), F.softmax(t.double(), -1)
+    m = beta * p_t + (1 - beta) * p_s
+    kl_t = (torch.xlogy(p_t, p_t) - torch.xlogy(p_t, m)).sum(-1)
+    kl_s = (torch.xlogy(p_s, p_s) - torch.xlogy(p_s, m)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s  # (B, T)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_jsd_exact_with_one_sided_neg_inf(beta: float) -> None:
+    s, t = _one_sided_inf_logits()
+    labels = _labels(masked=0)
+    s.requires_grad_()
+
+    value = generalized_jsd(s, t, labels, beta=beta)
+    value.backward()
+
+    expected = _exact_jsd(s.detach(), t, beta).mean()
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(s.grad).all()
+    # The entries only one model rules out carry weight: leaving them out (the old
+    # behaviour) gives a smaller value.
+    both_finite = torch.isfinite(s) & torch.isfinite(t)
+    dropped = _exact_jsd(
+        s.detach().masked_fill(~both_finite, float("-inf")),
+        t.masked_fill(~both_finite, float("-inf")),
+        beta,
+    ).mean()
+    assert value.item() > dropped.item() * 1.01
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_jsd_gradient_matches_exact_with_one_sided_neg_inf(beta: float) -> None:
+    s, t = _one_sided_inf_logits()
+    labels = _labels(masked=0)
+    ours = s.clone().requires_grad_()
+    # fp64 autograd cannot differentiate through a probability of exactly 0 (NaN);
+    # a logit of -200 (probability ~1e-87) is that limit to far below fp32 precision.
+    ref = s.double().nan_to_num(neginf=-200.0).requires_grad_()
+
+    generalized_jsd(ours, t, labels, beta=beta).backward()
+    _exact_jsd(ref, t.double().nan_to_num(neginf=-200.0), beta).mean().backward()
+
+    finite = torch.isfinite(s)
+    torch.testing.assert_close(
+        ours.grad[finite].double(), ref.grad[finite], atol=1e-6, rtol=1e-4
+    )
+    assert (ours.grad[~finite] == 0).all()
+
+
+def test_kl_where_exact_value_is_infinite_sums_the_shared_support() -> None:
+    s, t = _one_sided_inf_logits()  # the student rules out a token the teacher keeps
+    labels = _labels(masked=0)
+    p_s, p_t = F.softmax(s.double(), -1), F.softmax(t.double(), -1)
+    terms = torch.xlogy(p_t, p_t) - torch.xlogy(p_t, p_s)  # +inf where p_s = 0 < p_t
+    assert torch.isinf(terms.sum(-1)).all()  # the exact forward KL is +inf
+
+    value = forward_kl(s, t, labels)
+
+    # Documented: the sum over the tokens both models can produce, not renormalised.
+    shared = torch.isfinite(s) & torch.isfinite(t)
+    expected = torch.where(shared, terms, torch.zeros_like(terms)).sum(-1).mean()
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+    # A token only the teacher rules out contributes exactly 0 to KL(t || s).
+    assert reverse_kl(t, s, labels).item() == pytest.approx(value.item(), rel=1e-6)
