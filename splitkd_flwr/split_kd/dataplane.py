@@ -19,6 +19,7 @@ from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.partition import DevicePart
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import Smashed, device_backward, device_forward
+from splitkd_flwr.transport.frame import Dim
 from splitkd_flwr.transport.stream import (
     DataPlaneServer,
     DeviceSession,
@@ -35,14 +36,63 @@ def _unmeasured(phase: str) -> Iterator[None]:
     yield
 
 
-def smashed_spec(d_teacher: int, d_student: int) -> dict[str, TensorSpec]:
-    """What every up-frame must hold: the :class:`Smashed` fields, consistent in B and T."""
+# Floating dtypes a device may send (the server casts them to its models' dtypes).
+SMASHED_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# Per frame: header, meta and alignment padding, far above what four tensors need.
+_FRAME_SLACK_BYTES = 64 * 1024
+
+
+def _mask_values(mask: torch.Tensor) -> str | None:
+    if bool(((mask == 0) | (mask == 1)).all()):
+        return None
+    return f"attention mask values must be 0 or 1, got {sorted(mask.unique().tolist())[:8]}"
+
+
+def _label_values(vocab_size: int):
+    def check(labels: torch.Tensor) -> str | None:
+        ok = (labels == IGNORE_INDEX) | ((labels >= 0) & (labels < vocab_size))
+        if bool(ok.all()):
+            return None
+        bad = labels[~ok]
+        return (
+            f"labels must be token ids in [0, {vocab_size}) or {IGNORE_INDEX}, "
+            f"got {int(bad.min())}..{int(bad.max())}"
+        )
+
+    return check
+
+
+def smashed_spec(
+    d_teacher: int,
+    d_student: int,
+    max_batch: int | None = None,
+    max_seq_len: int | None = None,
+    vocab_size: int | None = None,
+) -> dict[str, TensorSpec]:
+    """What every up-frame must hold: the :class:`Smashed` fields, consistent in B and T.
+
+    With the round plan's ``max_batch`` and ``max_seq_len`` a frame holds at most that
+    many sequences and tokens per sequence, so no device can ask for more server compute
+    than the plan allows. The embeddings must be fp32/fp16/bf16, the mask and labels
+    int64; the mask must be 0/1 and the labels token ids (< ``vocab_size``) or -100.
+    """
+    batch = "B" if max_batch is None else Dim("B", max_batch, "batch-size")
+    seq = "T" if max_seq_len is None else Dim("T", max_seq_len, "seq-len")
+    labels = _label_values(vocab_size) if vocab_size is not None else None
     return {
-        "teacher_embeds": TensorSpec(None, ("B", "T", d_teacher)),
-        "student_hidden": TensorSpec(None, ("B", "T", d_student)),
-        "attention_mask": TensorSpec(None, ("B", "T")),
-        "labels": TensorSpec(torch.int64, ("B", "T")),
+        "teacher_embeds": TensorSpec(SMASHED_FLOATS, (batch, seq, d_teacher)),
+        "student_hidden": TensorSpec(SMASHED_FLOATS, (batch, seq, d_student)),
+        "attention_mask": TensorSpec(torch.int64, (batch, seq), _mask_values),
+        "labels": TensorSpec(torch.int64, (batch, seq), labels),
     }
+
+
+def max_smashed_bytes(
+    d_teacher: int, d_student: int, max_batch: int, max_seq_len: int
+) -> int:
+    """The largest encoded frame `smashed_spec` admits (fp32 embeddings), plus slack."""
+    tokens = max_batch * max_seq_len
+    return tokens * (4 * (d_teacher + d_student) + 2 * 8) + _FRAME_SLACK_BYTES
 
 
 @dataclass
@@ -124,14 +174,29 @@ class DataPlane:
         split_server: SplitServer,
         cut_layer: int,
         monitor: HardwareMonitor | None = None,
+        *,
+        max_batch: int | None = None,
+        max_seq_len: int | None = None,
     ) -> RoundInProgress:
         """Accept ``token`` for one round whose frames drive ``split_server`` at ``cut_layer``.
 
         With a ``monitor``, each server step is measured as the ``server-compute`` phase.
+        ``max_batch`` and ``max_seq_len`` (the round plan's ``batch-size``, ``seq-len``)
+        bound every frame; a frame beyond them is refused before its bytes are buffered
+        (a frame-size limit follows from them) and before any server compute.
         """
         measure = monitor.measure if monitor is not None else _unmeasured
+        widths = split_server.expected_widths
+        spec = smashed_spec(
+            *widths,
+            max_batch,
+            max_seq_len,
+            split_server.student.config.vocab_size,
+        )
+        max_bytes = None
+        if max_batch is not None and max_seq_len is not None:
+            max_bytes = max_smashed_bytes(*widths, max_batch, max_seq_len)
         split_server.begin_round(cut_layer)
-        spec = smashed_spec(*split_server.expected_widths)
         tally = _Tally()
 
         def on_frame(frame: Frame) -> Frame:
@@ -144,7 +209,11 @@ class DataPlane:
             return Frame({GRAD: result.grad_at_cut}, {"loss": result.loss})
 
         handle = self.server.open_round(
-            token, on_frame, spec=spec, wire_dtype=self.wire_dtype
+            token,
+            on_frame,
+            spec=spec,
+            wire_dtype=self.wire_dtype,
+            max_frame_bytes=max_bytes,
         )
         return RoundInProgress(handle, tally)
 

@@ -129,7 +129,12 @@ class SplitKD(RoundStrategy):
             self.monitor.apply_clock(plan.server_clock_hz)
         token = secrets.token_urlsafe(24)
         stream = self.data_plane.open_round(
-            token, self.server, plan.cut_layer, self.monitor
+            token,
+            self.server,
+            plan.cut_layer,
+            self.monitor,
+            max_batch=self.config.batch_size,
+            max_seq_len=self.config.seq_len,
         )
         round_plan = self._round_plan(server_round, plan.cut_layer, token)
         content = RecordDict(

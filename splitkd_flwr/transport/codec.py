@@ -12,7 +12,13 @@ import torch
 
 from splitkd_flwr.core.constants import WIRE_DTYPES
 from splitkd_flwr.core.errors import TransportError
-from splitkd_flwr.transport.frame import Frame, Scalar, TensorSpec, check_spec
+from splitkd_flwr.transport.frame import (
+    Frame,
+    Scalar,
+    TensorSpec,
+    check_layout,
+    check_spec,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -296,6 +302,11 @@ def decode_frame(
                 f"({expected} expected)"
             )
         entries.append((name, _CODE_TO_DTYPE[code], wire, shape, nbytes))
+    if spec is not None:
+        # From the header alone: a frame the round cannot take costs no decoding.
+        check_layout(
+            {e[0]: torch.empty(e[3], dtype=e[1], device="meta") for e in entries}, spec
+        )
     tensors: dict[str, torch.Tensor] = {}
     offset = rd.pos
     for name, dtype, wire, shape, nbytes in entries:

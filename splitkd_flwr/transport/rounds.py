@@ -8,11 +8,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
+from grpc._cython import cygrpc
 
 from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.frame import Frame, TensorSpec
 
-__all__ = ["OnFrame", "RoundHandle", "RoundStats"]
+__all__ = ["OnFrame", "RoundHandle", "RoundStats", "cancel_with_reason"]
 
 OnFrame = Callable[[Frame], Frame]
 
@@ -28,6 +29,21 @@ class RoundStats:
     callback_s: float = 0.0  # inside on_frame
     codec_s: float = 0.0  # decoding up frames + encoding down frames
     peer: str = ""  # the device's address as gRPC reports it
+
+
+def cancel_with_reason(context: grpc.ServicerContext, reason: str) -> None:
+    """End the device's stream from any thread, telling the device ``reason``.
+
+    ``context.abort`` works only in the handler's thread, and ``context.cancel`` sends a
+    bare CANCELLED; the core call's cancel-with-status (not part of grpc's public API)
+    sends ABORTED with the reason. Where it is missing, the bare cancel still ends the
+    stream and the device says "the server cancelled the round".
+    """
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    try:
+        call.cancel(cygrpc.StatusCode.aborted, reason)
+    except (AttributeError, TypeError):
+        context.cancel()
 
 
 class CallbackError(Exception):
@@ -49,10 +65,13 @@ class RoundHandle:
         spec: Mapping[str, TensorSpec] | None,
         wire_dtype: str,
         forget: Callable[[str], None],
+        max_frame_bytes: int | None = None,
     ) -> None:
         self.token = token
         self.spec = spec
         self.wire_dtype = wire_dtype
+        # This round's own limit on an up frame (None: the server's).
+        self.max_frame_bytes = max_frame_bytes
         self.stats = RoundStats()
         self.error: BaseException | None = None
         self._on_frame = on_frame
@@ -127,4 +146,5 @@ class RoundHandle:
     def fail(self, error: TransportError) -> None:
         """End the round with ``error`` (no-op if ended) and cancel the device's stream."""
         if self.finish(error) and self._context is not None:
-            self._context.cancel()  # wakes the stream handler; the device sees CANCELLED
+            # Wakes the stream handler; the device sees ABORTED with the reason.
+            cancel_with_reason(self._context, str(error))

@@ -21,7 +21,12 @@ from splitkd_flwr.transport.codec import (
     encoded_nbytes,
 )
 from splitkd_flwr.transport.frame import TensorSpec
-from splitkd_flwr.transport.rounds import CallbackError, OnFrame, RoundHandle
+from splitkd_flwr.transport.rounds import (
+    CallbackError,
+    OnFrame,
+    RoundHandle,
+    cancel_with_reason,
+)
 from splitkd_flwr.transport.tls import ServerTLS
 
 __all__ = ["DataPlaneServer"]
@@ -41,6 +46,21 @@ class _Idle:
 
     waiting_since: float | None  # monotonic time the server began waiting on the device
     timed_out: bool = False
+    # What the handler is doing, for the message if the stream ends under it.
+    doing: str = "waiting for the device's first frame"
+    partial: str | None = None  # the frame in progress, if one has started
+
+
+def _lost_reason(idle: _Idle, idle_timeout_s: float) -> str:
+    """Why a stream that ended without CLOSE ended, naming any frame it cut short."""
+    if idle.timed_out:
+        reason = f"device silent for more than idle_timeout_s={idle_timeout_s}"
+    else:
+        reason = "device disconnected before closing the round"
+    reason += f" (while {idle.doing})"
+    if idle.partial is not None:
+        reason += f"; {idle.partial} was dropped"
+    return reason
 
 
 class DataPlaneServer:
@@ -113,6 +133,7 @@ class DataPlaneServer:
         *,
         spec: Mapping[str, TensorSpec] | None = None,
         wire_dtype: str = "fp32",
+        max_frame_bytes: int | None = None,
     ) -> RoundHandle:
         """Accept one device presenting ``token``; run ``on_frame`` on each of its frames.
 
@@ -127,6 +148,9 @@ class DataPlaneServer:
             Expected up frames; a mismatch ends the round.
         wire_dtype : str
             Wire dtype of the down frames (``WIRE_DTYPES``).
+        max_frame_bytes : int | None
+            This round's limit on an up frame, below the server's (``None``: the
+            server's); a frame announcing more is refused at its first chunk.
         """
         if len(token) < MIN_TOKEN_CHARS:
             raise TransportError(
@@ -136,7 +160,10 @@ class DataPlaneServer:
             raise TransportError(
                 f"wire_dtype={wire_dtype!r} is not one of {WIRE_DTYPES}"
             )
-        handle = RoundHandle(token, on_frame, spec, wire_dtype, self._forget)
+        limit = self.max_frame_bytes
+        if max_frame_bytes is not None:
+            limit = min(limit, max_frame_bytes)
+        handle = RoundHandle(token, on_frame, spec, wire_dtype, self._forget, limit)
         with self._lock:
             if token in self._used or token in self._open or token in self._live:
                 raise TransportError("round token already in use; make a fresh one")
@@ -193,18 +220,14 @@ class DataPlaneServer:
         watchdog.start()
         try:
             yield wire.ACCEPT
-            yield from self._frames(handle, requests, idle)
+            yield from self._frames(handle, requests, context, idle)
         except (grpc.RpcError, _StreamEnded):  # gRPC reports a lost peer either way
-            if idle.timed_out:
-                reason = (
-                    f"device silent for more than idle_timeout_s={self.idle_timeout_s}"
-                )
-            else:
-                reason = "device disconnected before closing the round"
-            if handle.finish(TransportError(reason)):
-                log.warning(
-                    "data-plane round from %s failed: %s", handle.stats.peer, reason
-                )
+            self._lost(handle, _lost_reason(idle, self.idle_timeout_s))
+        except GeneratorExit:
+            # gRPC closes the handler when the RPC ends while it is busy (typically the
+            # device vanished while on_frame ran): nothing can be sent any more.
+            self._lost(handle, _lost_reason(idle, self.idle_timeout_s))
+            raise
         except CallbackError as err:
             self._end(
                 handle,
@@ -219,6 +242,12 @@ class DataPlaneServer:
             handle.finish(TransportError("the stream handler stopped"))
             watchdog.join()
 
+    def _lost(self, handle: RoundHandle, reason: str) -> None:
+        if handle.finish(TransportError(reason)):
+            log.warning(
+                "data-plane round from %s failed: %s", handle.stats.peer, reason
+            )
+
     def _end(
         self,
         handle: RoundHandle,
@@ -231,30 +260,45 @@ class DataPlaneServer:
         context.abort(grpc.StatusCode.ABORTED, msg)
 
     def _frames(
-        self, handle: RoundHandle, requests: Iterator[bytes], idle: _Idle
+        self,
+        handle: RoundHandle,
+        requests: Iterator[bytes],
+        context: grpc.ServicerContext,
+        idle: _Idle,
     ) -> Iterator[bytes]:
-        rx = wire.Reassembler(self.max_frame_bytes)
+        rx = wire.Reassembler(handle.max_frame_bytes or self.max_frame_bytes)
         for msg in requests:
             tag = msg[:1]
+            idle.partial = rx.partial()
             if tag == wire.CLOSE:
+                if idle.partial is not None:
+                    raise TransportError(
+                        f"device closed the round in the middle of a frame "
+                        f"({idle.partial}); the round is not committed"
+                    )
                 handle.finish(None)
                 return
             if tag == wire.ABORT:
                 reason = msg[1:].decode(errors="replace")
-                raise TransportError(f"device aborted the round: {reason}")
+                dropped = f" ({idle.partial} dropped)" if idle.partial else ""
+                raise TransportError(f"device aborted the round: {reason}{dropped}")
             if tag != wire.DATA:
                 raise TransportError(f"malformed message: unknown tag {tag!r}")
             idle.waiting_since = time.monotonic()
+            idle.doing = f"receiving frame {handle.stats.frames + 1}"
             buf = rx.add(msg)
+            idle.partial = rx.partial()
             if buf is None:
                 continue
             idle.waiting_since = None  # the server is busy, not the device
+            idle.doing = f"computing the answer to frame {handle.stats.frames + 1}"
             start = time.perf_counter()
-            frame = decode_frame(
-                buf, max_frame_bytes=self.max_frame_bytes, spec=handle.spec
-            )
+            frame = decode_frame(buf, max_frame_bytes=len(buf), spec=handle.spec)
             decoded = time.perf_counter()
             out = handle.call(frame)
+            if not context.is_active():
+                # The device vanished while on_frame ran: say so, not "stream stopped".
+                raise _StreamEnded()
             answered = time.perf_counter()
             parts = encode_frame(out, handle.wire_dtype)
             stats = handle.stats
@@ -264,7 +308,9 @@ class DataPlaneServer:
             stats.bytes_down += encoded_nbytes(parts)
             # a device that stops reading idles out
             idle.waiting_since = time.monotonic()
+            idle.doing = f"sending the answer to frame {stats.frames}"
             yield from wire.chunk_frame(parts)
+            idle.doing = f"waiting for frame {stats.frames + 1} or the close"
         raise _StreamEnded()
 
     def _watch(
@@ -276,5 +322,5 @@ class DataPlaneServer:
             if since is not None and time.monotonic() - since > self.idle_timeout_s:
                 # Cancelling wakes the handler blocked on the device's next message.
                 idle.timed_out = True
-                context.cancel()
+                cancel_with_reason(context, _lost_reason(idle, self.idle_timeout_s))
                 return

@@ -72,6 +72,12 @@ class Reassembler:
         self._buf: memoryview | None = None
         self._got = 0
 
+    def partial(self) -> str | None:
+        """``None`` between frames; else how much of the frame in progress arrived."""
+        if self._buf is None:
+            return None
+        return f"{self._got} of {len(self._buf)} bytes of a frame"
+
     def add(self, msg: bytes) -> memoryview | None:
         """Add one DATA message; return the frame once its last chunk arrived."""
         if len(msg) < _HEAD_BYTES:

@@ -6,6 +6,8 @@ import copy
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 import torch
@@ -15,6 +17,8 @@ from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.partition import DevicePart, device_param_names
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split_kd.dataplane import DataPlane, run_device_round
+from splitkd_flwr.transport import wire
+from splitkd_flwr.transport.codec import encode_frame
 from splitkd_flwr.transport.stream import (
     DataPlaneServer,
     DeviceSession,
@@ -229,3 +233,122 @@ def test_a_round_trains_over_a_compressed_wire(setup, wire_dtype: str) -> None:
     assert figures["train-loss"] == figures["train-loss"]  # not NaN
     state = server.student.state_dict()
     assert not torch.equal(state["lm_head.weight"], before[0]["lm_head.weight"])
+
+
+def _good_frame() -> Frame:
+    return Frame(
+        {
+            "teacher_embeds": torch.randn(2, 6, 32),
+            "student_hidden": torch.randn(2, 6, 16),
+            "attention_mask": torch.ones(2, 6, dtype=torch.long),
+            "labels": torch.randint(0, VOCAB, (2, 6)),
+        }
+    )
+
+
+def _first_chunk_only(session: DeviceSession, frame: Frame) -> None:
+    """Send the first of several chunks of ``frame`` (a frame cut short)."""
+    parts = encode_frame(frame)
+    chunks = list(wire.chunk_frame(parts))
+    assert len(chunks) > 1
+    session._requests.put(chunks[0])
+
+
+@pytest.fixture()
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 2-batch frame is a few kB: cut it into several chunks.
+    monkeypatch.setattr(wire, "CHUNK_BYTES", 512)
+
+
+@pytest.mark.parametrize(
+    ("ending", "words"),
+    [
+        ("close", "device closed the round in the middle of a frame"),
+        ("abort", "device aborted the round: gave up"),
+        (
+            "reset",
+            "device disconnected before closing the round (while receiving frame 2)",
+        ),
+    ],
+)
+def test_a_frame_cut_short_is_never_dropped_silently(
+    setup, small_chunks, ending: str, words: str
+) -> None:
+    # Prepare: one frame answered, the second cut short.
+    server, plane = setup
+    _warm_up(server, plane)
+    before = snapshot(server)
+    token = new_token()
+    round_ = plane.open_round(token, server, CUT)
+    session = DeviceSession(plane.address, token, timeout_s=5.0)
+    session.exchange(_good_frame())
+    _first_chunk_only(session, _good_frame())
+    time.sleep(0.2)  # let the chunk arrive before the stream ends
+
+    # Execute
+    if ending == "close":
+        with pytest.raises(TransportError) as on_device:
+            session.close()
+        assert words in str(on_device.value)  # the device hears why, too
+    elif ending == "abort":
+        session.abort("gave up")
+    else:
+        session._shutdown()  # the device's stream is reset, as by a crash
+    with pytest.raises(TransportError) as on_server:
+        round_.finish()
+    server.rollback()
+
+    # Assert: its own message, naming the partial frame; an exact rollback.
+    message = str(on_server.value)
+    assert words in message and "bytes of a frame" in message
+    assert_unchanged(server, before)
+
+
+def test_device_vanishing_while_the_server_computes_is_named(setup) -> None:
+    # Prepare: the server step blocks until the device has vanished.
+    server, plane = setup
+    _warm_up(server, plane)
+    before = snapshot(server)
+    entered, gone = threading.Event(), threading.Event()
+    loss_fn = server.loss_fn
+
+    def slow_loss(*args):
+        entered.set()
+        gone.wait(5.0)
+        return loss_fn(*args)
+
+    server.loss_fn = slow_loss
+    token = new_token()
+    round_ = plane.open_round(token, server, CUT)
+    session = DeviceSession(plane.address, token, timeout_s=5.0)
+    seen: list[BaseException] = []
+
+    def exchange() -> None:
+        try:
+            session.exchange(_good_frame())
+        except TransportError as err:
+            seen.append(err)
+
+    device = threading.Thread(target=exchange)
+    device.start()
+
+    # Execute: the device vanishes while on_frame runs.
+    assert entered.wait(5.0)
+    session._call.cancel()
+    time.sleep(0.2)  # the cancellation reaches the server
+    gone.set()
+    device.join(5.0)
+    session._shutdown()
+    with pytest.raises(TransportError) as on_server:
+        round_.finish()
+    server.loss_fn = loss_fn
+    server.rollback()
+
+    # Assert: its own message (not "the stream handler stopped"), exact rollback.
+    message = str(on_server.value)
+    assert (
+        "device disconnected before closing the round "
+        "(while computing the answer to frame 1)" in message
+    )
+    assert seen and "data-plane round failed" in str(seen[0])
+    assert_unchanged(server, before)

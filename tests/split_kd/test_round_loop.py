@@ -244,3 +244,92 @@ def test_no_connected_device_fails_the_round_before_anything_changes(world) -> N
     assert log.records[0]["status"] == "rolled-back"
     assert "no provisioned device" in log.records[0]["error"]
     assert_unchanged(server, before)
+
+
+def _smashed(b: int = 2, t: int = 12, **changes: torch.Tensor) -> Frame:
+    """A frame of the right names for the world's models (d_t 32, d_s 16), with changes."""
+    tensors = {
+        "teacher_embeds": torch.zeros(b, t, 32),
+        "student_hidden": torch.zeros(b, t, 16),
+        "attention_mask": torch.ones(b, t, dtype=torch.long),
+        "labels": torch.zeros(b, t, dtype=torch.long),
+    }
+    return Frame({**tensors, **changes})
+
+
+class FrameSender(Device):
+    """A device that sends one given frame, and keeps the error its session raised."""
+
+    def __init__(self, teacher, student, frame: Frame) -> None:
+        super().__init__(teacher, student, "ok")
+        self.frame = frame
+        self.seen: str = ""
+
+    def train(self, msg: Message) -> Message | None:
+        plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
+        try:
+            with DeviceSession(plan.address, plan.token, timeout_s=5.0) as session:
+                session.exchange(self.frame)
+        except Exception as err:
+            self.seen = str(err)
+            raise
+        return None
+
+
+# batch-size and seq-len come from RunConfig's defaults (8 and 64) in the world fixture.
+_REFUSED = [
+    (_smashed(b=9), "has B=9, the round allows at most 8 (batch-size)"),
+    (_smashed(t=65), "has T=65, the round allows at most 64 (seq-len)"),
+    (_smashed(b=64, t=64), "exceed max_frame_bytes="),
+    (
+        _smashed(teacher_embeds=torch.zeros(2, 12, 32, dtype=torch.long)),
+        "tensor 'teacher_embeds' has dtype torch.int64",
+    ),
+    (
+        _smashed(student_hidden=torch.zeros(2, 12, 16, dtype=torch.float64)),
+        "tensor 'student_hidden' has dtype torch.float64",
+    ),
+    (
+        _smashed(attention_mask=torch.full((2, 12), 0.5)),
+        "tensor 'attention_mask' has dtype torch.float32",
+    ),
+    (
+        _smashed(labels=torch.zeros(2, 12, dtype=torch.int32)),
+        "tensor 'labels' has dtype torch.int32",
+    ),
+    (
+        _smashed(attention_mask=torch.full((2, 12), 2, dtype=torch.long)),
+        "attention mask values must be 0 or 1, got [2]",
+    ),
+    (
+        _smashed(labels=torch.full((2, 12), VOCAB, dtype=torch.long)),
+        f"labels must be token ids in [0, {VOCAB}) or -100",
+    ),
+]
+
+
+@pytest.mark.parametrize(("frame", "message"), _REFUSED)
+def test_a_frame_outside_the_plan_is_refused_before_any_compute(
+    world, frame: Frame, message: str
+) -> None:
+    # Prepare: a committed round first, so the optimizer holds state to protect.
+    server, strategy, log, (teacher, student) = world
+    splitkd = strategy()
+    run_rounds(splitkd, FakeGrid({1: Device(teacher, student, "ok")}), 1, 10.0, log)
+    before = snapshot(server)
+    steps = []
+    server.loss_fn = lambda *args: steps.append(args)  # must never run
+    sender = FrameSender(teacher, student, frame)
+
+    # Execute
+    grid = FakeGrid({2: sender})
+    run_rounds(splitkd, grid, 1, timeout_s=5.0, metrics_log=log)
+    for thread in grid._threads.values():
+        thread.join(5.0)
+
+    # Assert: its own message in the metrics and on the device; nothing computed or kept.
+    failed = log.records[1]
+    assert failed["status"] == "rolled-back" and message in failed["error"]
+    assert message in sender.seen
+    assert steps == []
+    assert_unchanged(server, before)

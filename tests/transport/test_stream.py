@@ -210,10 +210,12 @@ def test_silent_device_ends_the_round_within_the_idle_timeout() -> None:
         start = time.monotonic()
         handle.wait(5)
         elapsed_s = time.monotonic() - start
-        with pytest.raises(TransportError, match="cancelled"):
+        with pytest.raises(TransportError) as on_device:
             dev.exchange(_up())
         dev.abort("test over")
-    assert "silent for more than idle_timeout_s=0.5" in str(handle.error)
+    # The same message on both sides.
+    words = "device silent for more than idle_timeout_s=0.5"
+    assert words in str(handle.error) and words in str(on_device.value)
     assert (
         0.4 < elapsed_s < 3.0
     )  # idle timeout + watchdog tick, with slack for a loaded CI
@@ -268,7 +270,7 @@ def test_server_gone_or_hung_fails_the_device_within_its_timeout() -> None:
     server.open_round(token, _double)
     dev = DeviceSession(address, token, timeout_s=2)
     server.stop()
-    with pytest.raises(TransportError, match="data-plane round failed"):
+    with pytest.raises(TransportError, match="data-plane server stopped"):
         dev.exchange(_up())
     dev.abort("server gone")
 
@@ -305,7 +307,7 @@ def test_server_side_wait_timeout_and_close_end_the_round(
     dev = DeviceSession(server.address, token, timeout_s=5)
     dev.exchange(_up())
     handle.close()
-    with pytest.raises(TransportError, match="cancelled"):
+    with pytest.raises(TransportError, match="closed by the server before the device"):
         dev.exchange(_up())
     dev.abort("closed")
     assert "closed by the server" in str(handle.error)
