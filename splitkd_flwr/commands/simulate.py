@@ -38,14 +38,49 @@ def _pairs(items: list[str]) -> dict[str, object]:
     return values
 
 
+def simulation_run_config(
+    output_dir: Path,
+    rounds: int | None,
+    resume: Path | None,
+    overrides: dict[str, object],
+) -> dict[str, object]:
+    """The run config of `simulate`: a resumed run's saved one, or a fresh 10-round one.
+
+    ``--rounds`` and ``--set`` (``overrides``) override either.
+    """
+    if resume is not None:
+        output_dir = resume
+        saved = output_dir / "run-config.json"
+        if not saved.is_file():
+            raise click.BadParameter(
+                f"no run-config.json in {output_dir}", param_hint="--resume"
+            )
+        run_config = {**json.loads(saved.read_text()), "resume": True}
+    else:
+        run_config = {"num-rounds": 10}
+    run_config["output-dir"] = str(output_dir.expanduser().resolve())
+    if rounds is not None:
+        run_config["num-rounds"] = rounds
+    run_config.update(overrides)
+    return run_config
+
+
 def simulate(
     vehicles: Annotated[int, typer.Option(help="simulated SuperNodes (vehicles)")] = 10,
     rounds: Annotated[
-        int, typer.Option(help="training rounds (one vehicle each)")
-    ] = 10,
+        int | None,
+        typer.Option(help="training rounds (one vehicle each) [default: 10]"),
+    ] = None,
     output_dir: Annotated[
         Path, typer.Option(help="metrics, summary and the student")
     ] = Path("outputs/simulation"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue the run in this output folder after its last checkpoint "
+            "(its saved run config; --rounds and --set override it)"
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -56,13 +91,9 @@ def simulate(
 ) -> None:
     """Check the run config, prepare any default model, run split KD with N vehicles, report."""
     started = time.monotonic()
-    output_dir = output_dir.expanduser().resolve()
     overrides = _pairs(set_ or [])
-    run_config = {
-        "num-rounds": rounds,
-        "output-dir": str(output_dir),
-        **overrides,
-    }
+    run_config = simulation_run_config(output_dir, rounds, resume, overrides)
+    output_dir = Path(str(run_config["output-dir"]))
     # The whole config, before a SuperLink, Ray or the default teacher's training starts.
     try:
         config = RunConfig.from_run_config(run_config)

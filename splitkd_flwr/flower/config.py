@@ -165,6 +165,14 @@ class RunConfig:
         "where metrics, the config and the final student are written", "outputs"
     )
     seed: int = _help("seed for data partitioning, selection and initialisation", 0)
+    resume: bool = _help(
+        "continue the run in `output-dir` after its newest checkpoint (a round in flight is redone)",
+        False,
+    )
+    checkpoint_every: int = _help(
+        "save a checkpoint (student, optimizer, round, RNG, metrics) every N rounds and after the last (0: never)",
+        1,
+    )
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, allowed: str) -> None:
@@ -224,6 +232,7 @@ class RunConfig:
             f"one of {VEHICLE_PARTITIONERS}",
         )
         need(self.vehicle_dirichlet_alpha > 0, "vehicle-dirichlet-alpha", "> 0")
+        need(self.checkpoint_every >= 0, "checkpoint-every", ">= 0")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

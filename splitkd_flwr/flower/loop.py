@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from splitkd_flwr.core.errors import SplitKDError
+from splitkd_flwr.core.errors import ConfigError, SplitKDError
 from splitkd_flwr.flower.report import MetricsLog
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,17 @@ class RoundStrategy(ABC):
         """Extra figures of a finished round (measured energy, clocks); default none."""
         return {}
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """Everything a resumed run needs (tensors and JSON values), or None if it cannot resume.
+
+        Called between rounds, after a round's record is complete.
+        """
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned, before the first resumed round."""
+        raise ConfigError(f"{type(self).__name__} cannot resume a run (resume=true)")
+
     @abstractmethod
     def evaluate(self) -> dict[str, Any]:
         """The server-side held-out figures, keyed ``eval-*`` (and mode-specific extras)."""
@@ -96,9 +107,13 @@ def run_rounds(
     num_rounds: int,
     timeout_s: float,
     metrics_log: MetricsLog,
+    first_round: int = 1,
+    after_round: Callable[[int], None] | None = None,
 ) -> None:
-    """Run rounds 1..``num_rounds``; a failed round is logged, undone and the run goes on."""
-    for server_round in range(1, num_rounds + 1):
+    """Run rounds ``first_round``..``num_rounds``; a failed round is logged, undone and
+    the run goes on. ``after_round(n)`` runs once round n's record is written (a
+    checkpoint)."""
+    for server_round in range(first_round, num_rounds + 1):
         started = time.monotonic()
         record: dict[str, Any] = {"round": server_round}
         train_round: TrainRound | None = None
@@ -121,6 +136,8 @@ def run_rounds(
         record.update(strategy.evaluate())
         metrics_log.append(record)
         logger.info("round %s/%s: %s", server_round, num_rounds, progress_line(record))
+        if after_round is not None:
+            after_round(server_round)
 
 
 def progress_line(record: Mapping[str, Any]) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,9 @@ from rich.table import Table
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
+METRICS_REDONE = "metrics.redone.jsonl"
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -23,13 +29,48 @@ class MetricsLog:
     modelled ones a ``modelled-`` prefix, so the two are never mixed up.
     """
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(
+        self, output_dir: Path, resumed: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
         self.output_dir = output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = output_dir / METRICS_JSONL
         self.csv_path = output_dir / METRICS_CSV
-        self.jsonl_path.write_text("")
         self.records: list[dict[str, Any]] = []
+        if resumed is None:
+            self._set_aside_previous()
+            self.jsonl_path.write_text("")
+        else:
+            self._resume(resumed)
+
+    def _set_aside_previous(self) -> None:
+        """A new run in a used folder keeps the old metrics under a dated name."""
+        if self.jsonl_path.is_file() and self.jsonl_path.stat().st_size:
+            stamp = time.strftime(
+                "%Y%m%dT%H%M%S", time.gmtime(self.jsonl_path.stat().st_mtime)
+            )
+            kept = self.jsonl_path.with_name(f"metrics.{stamp}.jsonl")
+            os.replace(self.jsonl_path, kept)
+            logger.info("previous run's metrics kept as %s", kept)
+
+    def _resume(self, resumed: Sequence[Mapping[str, Any]]) -> None:
+        """Continue after the checkpointed records; later rounds (redone) go aside."""
+        self.records = [dict(r) for r in resumed]
+        last = max((int(r["round"]) for r in self.records), default=-1)
+        if self.jsonl_path.is_file():
+            lines = self.jsonl_path.read_text().splitlines()
+            redone = [
+                ln for ln in lines if ln.strip() and json.loads(ln)["round"] > last
+            ]
+            if redone:
+                # Rounds after the checkpoint are run again: their first records
+                # (a round in flight when the server died) are kept, not mixed in.
+                with (self.output_dir / METRICS_REDONE).open("a") as f:
+                    f.writelines(ln + "\n" for ln in redone)
+        partial = self.jsonl_path.with_name(METRICS_JSONL + ".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(partial, self.jsonl_path)
+        self._write_csv()
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write ``record`` now (a run that dies keeps every finished round)."""

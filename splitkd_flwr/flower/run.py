@@ -21,6 +21,12 @@ from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.data.loading import encode_documents, iterate_batches, load_examples
 from splitkd_flwr.data.partition import builtin_split
 from splitkd_flwr.default_models.prepare import prepare_default_models
+from splitkd_flwr.flower.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    rng_state,
+    set_rng_state,
+)
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.environment import environment_record
 from splitkd_flwr.flower.loop import RoundStrategy, run_rounds
@@ -76,19 +82,97 @@ def output_dir_of(config: RunConfig) -> Path:
 
 
 def run_strategy(grid: Grid, config: RunConfig, build: StrategyFactory) -> Path:
-    """Build the mode's strategy, run ``num-rounds`` rounds, save, report; return the folder."""
+    """Build the mode's strategy, run ``num-rounds`` rounds, save, report; return the folder.
+
+    With ``resume`` the run continues after the newest checkpoint in ``output-dir``.
+    """
     output_dir = output_dir_of(config)
-    metrics_log = MetricsLog(output_dir)
+    checkpoints = CheckpointStore(output_dir)
+    resumed = resumable(checkpoints, config)
+    metrics_log = MetricsLog(output_dir, resumed.records if resumed else None)
     with build(config, output_dir) as strategy:
-        metrics_log.append({"round": 0, "status": "initial", **strategy.evaluate()})
+        if resumed is None:
+            metrics_log.append({"round": 0, "status": "initial", **strategy.evaluate()})
+        else:
+            strategy.load_state_dict(resumed.state["strategy"])
+            set_rng_state(resumed.state["rng"])
         wait_for_nodes(grid, config.min_nodes, config.round_timeout_s)
         run_rounds(
-            strategy, grid, config.num_rounds, config.round_timeout_s, metrics_log
+            strategy,
+            grid,
+            config.num_rounds,
+            config.round_timeout_s,
+            metrics_log,
+            first_round=resumed.server_round + 1 if resumed else 1,
+            after_round=checkpointer(checkpoints, config, strategy, metrics_log),
         )
         summary = strategy.finish(grid, output_dir, metrics_log.records)
+    # The result is saved: a later run in this folder starts afresh.
+    checkpoints.clear()
     summary["metrics saved to"] = str(metrics_log.jsonl_path)
     summary["environment"] = environment_record(config.threads)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_report(metrics_log.records, summary)
     plot_rounds(metrics_log.records, output_dir / "rounds.png")
     return output_dir
+
+
+def resumable(checkpoints: CheckpointStore, config: RunConfig) -> Checkpoint | None:
+    """The checkpoint to continue from (``resume``), or None to start afresh.
+
+    A fresh run never overwrites a checkpoint: it asks for ``resume`` or another folder.
+    """
+    latest = checkpoints.latest()
+    if not config.resume:
+        if latest is not None:
+            raise ConfigError(
+                f"{checkpoints.root} holds a checkpoint after round "
+                f"{latest.server_round}: set resume=true (splitkd simulate --resume) to "
+                "continue that run, or choose another output-dir"
+            )
+        return None
+    if latest is None:
+        logger.warning(
+            "resume: no checkpoint in %s; starting at round 1", checkpoints.root
+        )
+        return None
+    changed = sorted(
+        key
+        for key, value in config.to_run_config().items()
+        if key not in ("resume", "num-rounds") and latest.run_config.get(key) != value
+    )
+    if changed:
+        logger.warning(
+            "resume: run-config keys changed since the checkpoint: %s", changed
+        )
+    logger.info("resume: continuing after round %d", latest.server_round)
+    return latest
+
+
+def checkpointer(
+    checkpoints: CheckpointStore,
+    config: RunConfig,
+    strategy: RoundStrategy,
+    metrics_log: MetricsLog,
+) -> Callable[[int], None] | None:
+    """Saves a checkpoint every ``checkpoint-every`` rounds (None: off or not resumable)."""
+    if config.checkpoint_every == 0:
+        return None
+
+    def after_round(server_round: int) -> None:
+        if server_round % config.checkpoint_every and server_round != config.num_rounds:
+            return
+        state = strategy.state_dict()
+        if state is None:
+            return
+        saved = checkpoints.save(
+            Checkpoint(
+                server_round,
+                {"strategy": state, "rng": rng_state()},
+                metrics_log.records,
+                config.to_run_config(),
+            )
+        )
+        logger.info("round %d: checkpoint saved to %s", server_round, saved)
+
+    return after_round

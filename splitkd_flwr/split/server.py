@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -108,6 +109,26 @@ class SplitServer:
                     state[name].copy_(tensor)
             self.optimizer.load_state_dict(optimizer_state)
         self._end_round()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The global student and the server optimizer (between rounds), for a checkpoint."""
+        if self.cut_layer is not None:
+            raise ModelError("SplitServer.state_dict called inside a round")
+        return {
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned; the names and shapes must match exactly."""
+        if self.cut_layer is not None:
+            raise ModelError("SplitServer.load_state_dict called inside a round")
+        current = self.student.state_dict()
+        check_weights(current, state["student"], "checkpointed student")
+        with torch.no_grad():
+            for name, tensor in state["student"].items():
+                current[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def _end_round(self) -> None:
         self._part = None

@@ -96,6 +96,8 @@ class SplitKD(RoundStrategy):
         self.nodes = NodeRegistry(assets)
         # node -> (modelled device J, rounds): what energy-aware selectors read.
         self.usage: dict[int, tuple[float, int]] = {}
+        # partition id -> usage from a checkpoint, moved into usage when the node shows.
+        self._restored_usage: dict[int, tuple[float, int]] = {}
         logger.info(
             "SplitKD: selector=%s planner=%s, data plane %s, wire %s",
             config.selector,
@@ -110,6 +112,9 @@ class SplitKD(RoundStrategy):
 
     def candidates(self, server_round: int) -> list[DeviceState]:
         """The provisioned devices with their usage and (modelled) links this round."""
+        for d in self.nodes.ready():
+            if d.partition_id in self._restored_usage and d.node_id not in self.usage:
+                self.usage[d.node_id] = self._restored_usage.pop(d.partition_id)
         devices = [
             replace(d, energy_used_j=used, rounds_trained=rounds)
             for d in self.nodes.ready()
@@ -242,6 +247,26 @@ class SplitKD(RoundStrategy):
                 record["measured-round-s"] - record["measured-device-round-s"]
             )
         return figures
+
+    def state_dict(self) -> dict[str, Any]:
+        """The student, the server optimizer and the energy booked per device."""
+        partition_of = {d.node_id: d.partition_id for d in self.nodes.ready()}
+        # By partition id: a restarted federation gives its nodes new ids.
+        usage = {str(pid): list(u) for pid, u in self._restored_usage.items()}
+        usage.update(
+            (str(partition_of[node]), [used, rounds])
+            for node, (used, rounds) in self.usage.items()
+            if node in partition_of
+        )
+        return {"server": self.server.state_dict(), "usage": usage}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned (the usage once each device is seen)."""
+        self.server.load_state_dict(state["server"])
+        self._restored_usage = {
+            int(pid): (float(used), int(rounds))
+            for pid, (used, rounds) in state["usage"].items()
+        }
 
     def evaluate(self) -> dict[str, Any]:
         """The global student on the server's held-out batches."""
