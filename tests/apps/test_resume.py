@@ -25,6 +25,7 @@ def _config(models: Path, out: Path, **extra) -> dict:
         "num-rounds": 4,
         "max-batches-per-epoch": 2,
         "eval-batches": 1,
+        "planner": "fixed",
         "cut-layer": 2,
         "output-dir": str(out),
         **extra,
@@ -48,7 +49,10 @@ def _run_and_kill_after(home: Path, config: dict, checkpoint: Path) -> None:
     try:
         flwr_run = threading.Thread(
             target=lambda: federation.run(
-                ROOT, config, {"num-supernodes": 2}, timeout_s=240,
+                ROOT,
+                config,
+                {"num-supernodes": 2},
+                timeout_s=240,
                 log_path=home / "flwr-run.log",
             ),
             daemon=True,
@@ -75,6 +79,7 @@ def test_killed_after_round_2_resumes_to_a_bit_identical_student(
     save_tiny_pair(models, student_layers=4)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert _run(tmp_path / "flwr-whole", _config(models, whole)) == 0
+    assert (whole / "summary.json").is_file()
 
     # Execute: kill after round 2's checkpoint, then resume in a new federation.
     _run_and_kill_after(
@@ -86,7 +91,7 @@ def test_killed_after_round_2_resumes_to_a_bit_identical_student(
     rc = _run(tmp_path / "flwr-resumed", _config(models, broken, resume=True))
 
     # Assert
-    assert rc == 0
+    assert rc == 0 and (broken / "summary.json").is_file()
     want = load_file(str(whole / "student" / "model.safetensors"))
     got = load_file(str(broken / "student" / "model.safetensors"))
     assert want.keys() == got.keys()
@@ -95,6 +100,6 @@ def test_killed_after_round_2_resumes_to_a_bit_identical_student(
     records = _records(broken)
     assert [r["round"] for r in records] == [0, 1, 2, 3, 4]
     assert [r["status"] for r in records[1:]] == ["ok"] * 4
-    assert [r["train-loss"] for r in records] == [
+    assert [r.get("train-loss") for r in records] == [
         r.get("train-loss") for r in _records(whole)
-    ][: len(records)]
+    ]
