@@ -6,10 +6,12 @@ import json
 import random
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
 
+from splitkd_flwr.commands.simulate import simulation_run_config
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.flower.checkpoint import (
     STATE_FILE,
@@ -20,7 +22,9 @@ from splitkd_flwr.flower.checkpoint import (
     set_rng_state,
     split_tensors,
 )
+from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.report import METRICS_REDONE, MetricsLog, read_records
+from splitkd_flwr.flower.run import output_dir_of
 
 
 def _trained_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -120,3 +124,18 @@ def test_a_fresh_run_keeps_the_previous_metrics_and_a_resume_appends(
     kept = [p for p in tmp_path.glob("metrics.*.jsonl") if p.name != METRICS_REDONE]
     assert len(kept) == 1 and len(kept[0].read_text().splitlines()) == 4
     assert read_records(tmp_path) == []
+
+
+def test_simulate_resume_reuses_the_saved_run_config(tmp_path: Path) -> None:
+    saved = RunConfig(num_rounds=4, output_dir=str(tmp_path), planner="fixed")
+    output_dir_of(saved)  # writes run-config.json, as every run does
+
+    resumed = simulation_run_config(Path("ignored"), None, tmp_path, {"num-rounds": 6})
+
+    config = RunConfig.from_run_config(resumed)
+    assert config.resume and config.planner == "fixed" and config.num_rounds == 6
+    assert config.output_dir == str(tmp_path.resolve())
+    fresh = simulation_run_config(tmp_path / "new", None, None, {})
+    assert fresh["num-rounds"] == 10 and "resume" not in fresh
+    with pytest.raises(click.BadParameter, match="no run-config.json"):
+        simulation_run_config(tmp_path, None, tmp_path / "nothing", {})
