@@ -59,9 +59,7 @@ class MetricsLog:
         last = max((int(r["round"]) for r in self.records), default=-1)
         if self.jsonl_path.is_file():
             lines = self.jsonl_path.read_text().splitlines()
-            redone = [
-                ln for ln in lines if ln.strip() and json.loads(ln)["round"] > last
-            ]
+            redone = [ln for ln in lines if ln.strip() and _round_of(ln) > last]
             if redone:
                 # Rounds after the checkpoint are run again: their first records
                 # (a round in flight when the server died) are kept, not mixed in.
@@ -88,6 +86,14 @@ class MetricsLog:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.records)
+
+
+def _round_of(line: str) -> float:
+    """The round of a metrics line; a line cut short by a crash counts as after all."""
+    try:
+        return float(json.loads(line)["round"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _plain(value: Any) -> Any:
