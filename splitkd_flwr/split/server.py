@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel
@@ -110,28 +110,38 @@ class SplitServer:
             self.optimizer.load_state_dict(optimizer_state)
         self._end_round()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The global student and the server optimizer (between rounds), for a checkpoint."""
-        if self.cut_layer is not None:
-            raise ModelError("SplitServer.state_dict called inside a round")
-        return {
-            "student": self.student.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what `state_dict` returned; the names and shapes must match exactly."""
-        if self.cut_layer is not None:
-            raise ModelError("SplitServer.load_state_dict called inside a round")
-        current = self.student.state_dict()
-        check_weights(current, state["student"], "checkpointed student")
-        with torch.no_grad():
-            for name, tensor in state["student"].items():
-                current[name].copy_(tensor)
-        self.optimizer.load_state_dict(state["optimizer"])
-
     def _end_round(self) -> None:
         self._part = None
         self._snapshot = None
         self.cut_layer = None
         self.optimizer.zero_grad(set_to_none=True)
+
+
+class TrainsStudent(Protocol):
+    """What `server_state` reads: a server holding the global student and its optimizer."""
+
+    student: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    cut_layer: int | None
+
+
+def server_state(server: TrainsStudent) -> dict[str, Any]:
+    """The global student and the server optimizer (between rounds), for a checkpoint."""
+    if server.cut_layer is not None:
+        raise ModelError("a server's state is saved between rounds, not inside one")
+    return {
+        "student": server.student.state_dict(),
+        "optimizer": server.optimizer.state_dict(),
+    }
+
+
+def load_server_state(server: TrainsStudent, state: Mapping[str, Any]) -> None:
+    """Restore what `server_state` returned; the names and shapes must match exactly."""
+    if server.cut_layer is not None:
+        raise ModelError("a server's state is restored between rounds, not inside one")
+    current = server.student.state_dict()
+    check_weights(current, state["student"], "checkpointed student")
+    with torch.no_grad():
+        for name, tensor in state["student"].items():
+            current[name].copy_(tensor)
+    server.optimizer.load_state_dict(state["optimizer"])

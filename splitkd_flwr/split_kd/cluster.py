@@ -92,7 +92,13 @@ class ClusterSplitKD(SplitKD):
             self.monitor.apply_clock(plan.server_clock_hz)
         tokens = {d.node_id: secrets.token_urlsafe(24) for d in cluster}
         streams = open_cluster(
-            self.data_plane, tokens, self.server, plan.cut_layer, self.monitor
+            self.data_plane,
+            tokens,
+            self.server,
+            plan.cut_layer,
+            self.monitor,
+            max_batch=self.config.batch_size,
+            max_seq_len=self.config.seq_len,
         )
         weights = ArrayRecord(self.server.device_state(plan.cut_layer))
         messages = [

@@ -27,7 +27,7 @@ from splitkd_flwr.split_kd.dataplane import (
     RoundInProgress,
     _Tally,
     _unmeasured,
-    smashed_spec,
+    round_limits,
 )
 from splitkd_flwr.transport.stream import Frame
 
@@ -125,15 +125,19 @@ def open_cluster(
     server: ClusterServer,
     cut_layer: int,
     monitor: HardwareMonitor | None = None,
+    *,
+    max_batch: int | None = None,
+    max_seq_len: int | None = None,
 ) -> ClusterStreams:
     """Begin a cluster round on ``server`` and accept one stream per member (``tokens``:
-    member -> one-time token)."""
+    member -> one-time token). ``max_batch``, ``max_seq_len`` bound every frame, as in
+    `DataPlane.open_round`."""
+    spec, max_bytes = round_limits(server, max_batch, max_seq_len)
     server.begin_round(cut_layer, list(tokens))
-    spec = smashed_spec(*server.expected_widths)
     batcher = FrameBatcher(server, monitor.measure if monitor else _unmeasured)
     streams: dict[int, RoundInProgress] = {}
     try:
-        _accept(data_plane, tokens, spec, batcher, streams)
+        _accept(data_plane, tokens, spec, max_bytes, batcher, streams)
     except Exception:
         for stream in streams.values():
             stream.close()
@@ -146,6 +150,7 @@ def _accept(
     data_plane: DataPlane,
     tokens: Mapping[int, str],
     spec: Mapping[str, Any],
+    max_bytes: int | None,
     batcher: FrameBatcher,
     streams: dict[int, RoundInProgress],
 ) -> None:
@@ -162,6 +167,10 @@ def _accept(
             return Frame({GRAD: result.grad_at_cut}, {"loss": result.loss})
 
         handle = data_plane.server.open_round(
-            token, on_frame, spec=spec, wire_dtype=data_plane.wire_dtype
+            token,
+            on_frame,
+            spec=spec,
+            wire_dtype=data_plane.wire_dtype,
+            max_frame_bytes=max_bytes,
         )
         streams[member] = RoundInProgress(handle, tally)

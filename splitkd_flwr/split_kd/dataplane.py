@@ -16,6 +16,7 @@ import torch
 from splitkd_flwr.core.constants import IGNORE_INDEX
 from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
+from splitkd_flwr.split.cluster import ClusterServer
 from splitkd_flwr.split.partition import DevicePart
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import Smashed, device_backward, device_forward
@@ -151,6 +152,22 @@ class RoundInProgress:
         self.handle.close()
 
 
+def round_limits(
+    server: SplitServer | ClusterServer,
+    max_batch: int | None,
+    max_seq_len: int | None,
+) -> tuple[dict[str, TensorSpec], int | None]:
+    """The up-frame spec of a round on ``server`` and its frame-size limit (None: none)."""
+    widths = server.expected_widths
+    spec = smashed_spec(
+        *widths, max_batch, max_seq_len, server.student.config.vocab_size
+    )
+    max_bytes = None
+    if max_batch is not None and max_seq_len is not None:
+        max_bytes = max_smashed_bytes(*widths, max_batch, max_seq_len)
+    return spec, max_bytes
+
+
 class DataPlane:
     """The server's data-plane endpoint, serving one split round at a time."""
 
@@ -186,16 +203,7 @@ class DataPlane:
         (a frame-size limit follows from them) and before any server compute.
         """
         measure = monitor.measure if monitor is not None else _unmeasured
-        widths = split_server.expected_widths
-        spec = smashed_spec(
-            *widths,
-            max_batch,
-            max_seq_len,
-            split_server.student.config.vocab_size,
-        )
-        max_bytes = None
-        if max_batch is not None and max_seq_len is not None:
-            max_bytes = max_smashed_bytes(*widths, max_batch, max_seq_len)
+        spec, max_bytes = round_limits(split_server, max_batch, max_seq_len)
         split_server.begin_round(cut_layer)
         tally = _Tally()
 

@@ -21,7 +21,7 @@ from splitkd_flwr.flower.loop import RoundStrategy, TrainRound
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.simulation.planning import Plan, Planner
 from splitkd_flwr.simulation.selection import Selector
-from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.split.server import SplitServer, load_server_state, server_state
 from splitkd_flwr.split_kd import protocol
 from splitkd_flwr.split_kd.assets import DeviceAssets
 from splitkd_flwr.split_kd.dataplane import DataPlane, RoundInProgress
@@ -258,11 +258,11 @@ class SplitKD(RoundStrategy):
             for node, (used, rounds) in self.usage.items()
             if node in partition_of
         )
-        return {"server": self.server.state_dict(), "usage": usage}
+        return {"server": server_state(self.server), "usage": usage}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict` returned (the usage once each device is seen)."""
-        self.server.load_state_dict(state["server"])
+        load_server_state(self.server, state["server"])
         self._restored_usage = {
             int(pid): (float(used), int(rounds))
             for pid, (used, rounds) in state["usage"].items()

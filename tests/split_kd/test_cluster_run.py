@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.flower.checkpoint import Checkpoint, CheckpointStore
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.simulation.cluster_planning import BySpeed, ClusterPlanner, InOrder
 from splitkd_flwr.split.cluster import ClusterServer
@@ -62,3 +64,28 @@ def test_bad_cluster_configs_fail_early(pair, tmp_path, overrides, match) -> Non
         config = RunConfig(**{**pair, "cluster_size": 3, **overrides})
         with build_split_kd(config, tmp_path):
             pass
+
+
+def test_the_cluster_strategy_checkpoints_and_restores_its_state(
+    pair, tmp_path: Path
+) -> None:
+    # Prepare: a student and an optimizer state that differ from a fresh build's.
+    config = RunConfig(**pair, cluster_size=3)
+    with build_split_kd(config, tmp_path) as strategy:
+        weight = next(strategy.server.student.parameters())
+        with torch.no_grad():
+            weight.add_(1.0)
+        weight.grad = torch.ones_like(weight)
+        strategy.server.optimizer.step()
+        store = CheckpointStore(tmp_path)
+        store.save(Checkpoint(1, strategy.state_dict(), [], {}))
+        saved = {k: v.clone() for k, v in strategy.server.student.state_dict().items()}
+
+    # Execute
+    with build_split_kd(config, tmp_path) as strategy:
+        strategy.load_state_dict(store.latest().state)
+
+        # Assert
+        for name, tensor in strategy.server.student.state_dict().items():
+            assert torch.equal(tensor, saved[name]), name
+        assert len(strategy.server.optimizer.state) == 1
