@@ -194,6 +194,11 @@ class CheckpointStore:
             run_config=document["run-config"],
         )
 
+    def newest_round(self) -> int | None:
+        """The round of the newest complete checkpoint (from its folder name only)."""
+        complete = self._complete()
+        return int(complete[-1].name.removeprefix("round-")) if complete else None
+
     def clear(self) -> None:
         """Remove every checkpoint (the run finished and saved its result)."""
         shutil.rmtree(self.root, ignore_errors=True)

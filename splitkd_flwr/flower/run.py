@@ -122,15 +122,10 @@ def resumable(checkpoints: CheckpointStore, config: RunConfig) -> Checkpoint | N
 
     A fresh run never overwrites a checkpoint: it asks for ``resume`` or another folder.
     """
-    latest = checkpoints.latest()
     if not config.resume:
-        if latest is not None:
-            raise ConfigError(
-                f"{checkpoints.root} holds a checkpoint after round "
-                f"{latest.server_round}: set resume=true (splitkd simulate --resume) to "
-                "continue that run, or choose another output-dir"
-            )
+        refuse_a_checkpoint(checkpoints)
         return None
+    latest = checkpoints.latest()
     if latest is None:
         logger.warning(
             "resume: no checkpoint in %s; starting at round 1", checkpoints.root
@@ -147,6 +142,17 @@ def resumable(checkpoints: CheckpointStore, config: RunConfig) -> Checkpoint | N
         )
     logger.info("resume: continuing after round %d", latest.server_round)
     return latest
+
+
+def refuse_a_checkpoint(checkpoints: CheckpointStore) -> None:
+    """Raise ConfigError if a fresh run would start over a run it could resume."""
+    newest = checkpoints.newest_round()
+    if newest is not None:
+        raise ConfigError(
+            f"{checkpoints.root} holds a checkpoint after round {newest}: set "
+            "resume=true (splitkd simulate --resume) to continue that run, or choose "
+            "another output-dir"
+        )
 
 
 def checkpointer(
