@@ -51,7 +51,7 @@ class Koala(RoundStrategy):
     architecture (homogeneous mode) the clients' models are averaged and the average
     teaches the large model; with several (heterogeneous mode) each architecture's clients
     are averaged among themselves only and the architectures' outputs, never their weights,
-    are combined into consensus soft labels (`transfer.consensus_log_probs`).
+    are combined into consensus soft labels (`consensus.consensus_log_probs`).
     """
 
     def __init__(
