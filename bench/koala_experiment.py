@@ -36,14 +36,19 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from splitkd_flwr.data.corpus import generate_corpus
 from splitkd_flwr.data.knowledge import knowledge_split
 from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches
-from splitkd_flwr.data.tokenizer import EOS_ID, PAD_ID, train_tokenizer
-from splitkd_flwr.default_models.configs import default_teacher_config
-from splitkd_flwr.koala.sequence import SequenceKD, build_rows
+from splitkd_flwr.data.tokenizer import EOS_ID, PAD_ID
+from splitkd_flwr.flower.config import RunConfig
+from splitkd_flwr.koala.run import (
+    concat_examples,
+    koala_models,
+    prompt_ids,
+    prompt_rows,
+)
+from splitkd_flwr.koala.sequence import SequenceKD
 from splitkd_flwr.koala.topk import upload_bytes_per_token
 from splitkd_flwr.koala.transfer import (
     count_parameters,
@@ -56,7 +61,6 @@ from splitkd_flwr.koala.transfer import (
 )
 from splitkd_flwr.simulation.cost import TRAIN_FACTOR, ModelShape
 from splitkd_flwr.split.evaluate import evaluate_lm
-from splitkd_flwr.split.models import load_causal_lm
 
 METHODS = (
     "untrained",
@@ -69,27 +73,6 @@ METHODS = (
 PAPER_STORAGE, PAPER_FLOPS = "97.2-97.6%", "98.4-98.6%"
 
 
-def small_configs(
-    large: LlamaConfig, shapes: list[tuple[int, int, int]]
-) -> list[LlamaConfig]:
-    """Small architectures of the large one's family, one per (hidden, layers, heads)."""
-    return [
-        LlamaConfig(
-            **{
-                **large.to_dict(),
-                "hidden_size": h,
-                "num_hidden_layers": n,
-                "num_attention_heads": a,
-                "num_key_value_heads": a,
-                "intermediate_size": 3 * h,
-                "head_dim": h // a,
-                "tie_word_embeddings": True,
-            }
-        )
-        for h, n, a in shapes
-    ]
-
-
 def train_flops_per_token(config: dict, seq_len: int) -> float:
     """Training FLOPs per token of a Llama-style model (forward x 3, attention included)."""
     shape = ModelShape.from_config(config)
@@ -99,50 +82,32 @@ def train_flops_per_token(config: dict, seq_len: int) -> float:
     return TRAIN_FACTOR * forward / seq_len
 
 
-def prompt_examples(ids: list[list[int]], seq_len: int) -> Examples:
-    """Prompts as training rows (bos + prompt, no eos: the answer is missing, not ended)."""
-    return build_rows(ids, [[[] for _ in ids]], seq_len, PAD_ID).examples
-
-
-def concat(parts: list[Examples]) -> Examples:
-    return Examples(
-        torch.cat([p.input_ids for p in parts]),
-        torch.cat([p.attention_mask for p in parts]),
-    )
-
-
 def ppl(model: PreTrainedModel, batches: list) -> float:
     return evaluate_lm(model, batches)["perplexity"]
 
 
-def run_seed(
-    args: argparse.Namespace, tokenizer, seed: int, top_k: int, methods
-) -> dict:
+def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
     """Every method of ``methods`` for one seed; returns name -> held-out perplexity (+ extras)."""
-    torch.manual_seed(seed)
     split = knowledge_split(args.clients, seed=seed)
+    # the front door's builder: untrained large model, untrained small shapes and a
+    # tokenizer trained on the server's own texts
+    run_config = RunConfig(mode="koala", student=args.smalls, seed=seed)
+    large0, smalls0, tokenizer = koala_models(run_config, split)
 
     def encode(texts: list[str]) -> Examples:
         return encode_documents(texts, tokenizer, args.seq_len)
 
     clients = [encode(texts) for texts in split.clients]
-    prompt_ids = [
-        [tokenizer.bos_token_id, *tokenizer(p, add_special_tokens=False)["input_ids"]]
-        for p in split.proxy_prompts
-    ]
-    proxy = concat(
-        [encode(split.proxy_text), prompt_examples(prompt_ids, args.seq_len)]
+    prompts = prompt_ids(split.proxy_prompts, tokenizer)
+    proxy = concat_examples(
+        [encode(split.proxy_text), prompt_rows(prompts, args.seq_len, PAD_ID)]
     )
     held_out = list(iterate_batches(encode(split.held_out), args.batch_size))[
         : args.eval_batches
     ]
-    large_config = default_teacher_config(len(tokenizer))
-    large0 = load_causal_lm(large_config)
-    shapes = [tuple(int(x) for x in s.split("x")) for s in args.smalls.split(",")]
-    smalls0 = [load_causal_lm(c) for c in small_configs(large_config, shapes)]
     sequence = SequenceKD(
-        prompt_ids,
-        args.prompts,
+        prompts,
+        args.prompts or 1,
         args.max_new_tokens,
         args.seq_len,
         args.batch_size,
@@ -223,7 +188,10 @@ def run_seed(
                     counts.append(figures["num-examples"])
                 model.load_state_dict(fedavg(states, counts))
         elif name == "centralized":
-            model, everything = copy.deepcopy(large0), concat([*clients, proxy])
+            model, everything = (
+                copy.deepcopy(large0),
+                concat_examples([*clients, proxy]),
+            )
             steps = args.clients * args.batches + large_steps
             for r in range(args.rounds):
                 batches = epoch_batches(
@@ -317,7 +285,7 @@ def costs(sizes: dict, seq_len: int, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument(
         "--batches",
@@ -329,7 +297,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=48)
     parser.add_argument(
         "--smalls",
-        default="32x2x2,48x1x4",
+        default="16x2x2,24x1x2",
         help="small shapes: hidden x layers x heads, comma-separated",
     )
     parser.add_argument(
@@ -364,15 +332,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.process_time()
-    tokenizer = train_tokenizer(d.text for d in generate_corpus())
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {METHODS}")
-    per_seed = {
-        seed: run_seed(args, tokenizer, seed, args.top_k, methods) for seed in seeds
-    }
+    per_seed = {seed: run_seed(args, seed, args.top_k, methods) for seed in seeds}
     table = {
         m: {
             **spread([per_seed[s][m]["perplexity"] for s in seeds]),
@@ -382,7 +347,7 @@ def main() -> None:
     }
     k_sweep = {}
     for k in [int(x) for x in args.k_sweep.split(",") if x]:
-        run = run_seed(args, tokenizer, seeds[0], k, ["koala-heterogeneous"])
+        run = run_seed(args, seeds[0], k, ["koala-heterogeneous"])
         k_sweep[str(k)] = run["koala-heterogeneous"]["perplexity"]
     sizes = per_seed[seeds[0]]["_sizes"]
     report = {
