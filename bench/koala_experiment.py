@@ -118,6 +118,7 @@ def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
     seq_steps = -(-args.prompts * len(smalls0) // args.batch_size)
     large_steps = args.batches + seq_steps  # per round, KOALA's heterogeneous server
     result: dict = {}
+    trajectory: list[dict] = []
 
     def client_batches(examples: Examples, i: int, r: int) -> list:
         return epoch_batches(
@@ -125,6 +126,8 @@ def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
         )
 
     def koala(num_archs: int) -> tuple[PreTrainedModel, list[float]]:
+        """KOALA with ``num_archs`` small architectures; per-round figures into ``trajectory``."""
+        trajectory.clear()
         large, smalls = copy.deepcopy(large0), copy.deepcopy(smalls0[:num_archs])
         for r in range(args.rounds):
             updates: list[list] = [[] for _ in smalls]
@@ -148,20 +151,21 @@ def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
                 sequence=sequence if args.prompts else None,
                 seed=seed * 7919 + r,
             )
+            row = {
+                "round": r + 1,
+                "large": ppl(large, held_out),
+                "smalls": [ppl(s, held_out) for s in smalls],
+                "max_answer_weight": metrics.get("seq-kd-max-weight", 1.0),
+            }
+            trajectory.append(row)
             if args.verbose:
-                print(
-                    f"  [{num_archs} arch] round {r + 1}: large {ppl(large, held_out):.2f}, "
-                    + ", ".join(
-                        f"small-{k} {ppl(s, held_out):.2f}"
-                        for k, s in enumerate(smalls)
-                    )
-                    + f", max answer weight {metrics.get('seq-kd-max-weight', 1.0):.2f}"
-                )
+                print(f"  [{num_archs} arch] {row}")
         return large, [ppl(s, held_out) for s in smalls]
 
     for name in methods:
         started = time.process_time()
         smalls_ppl: list[float] = []
+        extra: dict = {}
         if name == "untrained":
             model = large0
         elif name == "proxy-only":
@@ -171,10 +175,17 @@ def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
                     proxy, args.batch_size, 1, large_steps, seed * 7919 + r
                 )
                 train_ce(model, batches, args.large_lr)
+                # an oracle early stop (it peeks at the held-out set): proxy-only at its best
+                extra["best_round_perplexity"] = min(
+                    extra.get("best_round_perplexity", float("inf")),
+                    ppl(model, held_out),
+                )
         elif name == "koala-homogeneous":
             model, smalls_ppl = koala(1)
+            extra["rounds"] = list(trajectory)
         elif name == "koala-heterogeneous":
             model, smalls_ppl = koala(len(smalls0))
+            extra["rounds"] = list(trajectory)
         elif name == "fedavg-large":
             model = copy.deepcopy(large0)
             for r in range(args.rounds):
@@ -202,6 +213,7 @@ def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
             "perplexity": ppl(model, held_out),
             "cpu_s": time.process_time() - started,
             **({"small_perplexity": smalls_ppl} if smalls_ppl else {}),
+            **extra,
         }
         print(
             f"  seed {seed} {name:<20} ppl {result[name]['perplexity']:8.2f}  "
@@ -345,6 +357,10 @@ def main() -> None:
         }
         for m in methods
     }
+    if "proxy-only" in methods:
+        table["proxy-only"]["best_round"] = spread(
+            [per_seed[s]["proxy-only"]["best_round_perplexity"] for s in seeds]
+        )
     k_sweep = {}
     for k in [int(x) for x in args.k_sweep.split(",") if x]:
         run = run_seed(args, seeds[0], k, ["koala-heterogeneous"])
@@ -356,6 +372,11 @@ def main() -> None:
         },
         "seeds": seeds,
         "methods": [{"name": m, **table[m]} for m in methods],
+        "koala_rounds_seed0": {
+            m: per_seed[seeds[0]][m]["rounds"]
+            for m in methods
+            if "rounds" in per_seed[seeds[0]][m]
+        },
         "small_perplexity": {
             m: [per_seed[s][m]["small_perplexity"] for s in seeds]
             for m in methods
@@ -385,6 +406,12 @@ def main() -> None:
                     if margin > 0
                     else f"{m}: does NOT beat proxy-only on every seed (worst-case margin {margin:.2f})"
                 )
+    if "proxy-only" in table:
+        best = table["proxy-only"]["best_round"]
+        print(
+            f"proxy-only at its best round (oracle early stop): mean {best['mean']:.2f}, "
+            f"per seed {' '.join(f'{v:.2f}' for v in best['per_seed'])}"
+        )
     for k, v in k_sweep.items():
         print(f"top-{k} uploads, koala-heterogeneous, seed {seeds[0]}: ppl {v:.2f}")
     c = report["costs"]
