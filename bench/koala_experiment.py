@@ -294,6 +294,27 @@ def costs(sizes: dict, seq_len: int, rounds: int) -> dict:
     }
 
 
+def koala_gaps(table: dict) -> dict:
+    """Per KOALA mode: the worst-seed margin over proxy-only (> 0: better on every seed)
+    and the mean perplexity gaps to fedavg-large and centralized (> 0: KOALA worse)."""
+    gaps = {}
+    for m in ("koala-homogeneous", "koala-heterogeneous"):
+        if m not in table or "proxy-only" not in table:
+            continue
+        gaps[m] = {
+            "margin_over_proxy_only_worst_seed": table["proxy-only"]["min"]
+            - table[m]["max"],
+            "margin_over_proxy_only_mean": table["proxy-only"]["mean"]
+            - table[m]["mean"],
+            **{
+                f"gap_to_{ref.replace('-', '_')}": table[m]["mean"] - table[ref]["mean"]
+                for ref in ("fedavg-large", "centralized")
+                if ref in table
+            },
+        }
+    return gaps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -382,6 +403,7 @@ def main() -> None:
             for m in methods
             if "small_perplexity" in per_seed[seeds[0]][m]
         },
+        "koala_gaps": koala_gaps(table),
         "top_k_sweep_seed0_koala_heterogeneous": k_sweep,
         "costs": costs(sizes, args.seq_len, args.rounds),
         "cpu_s_total": time.process_time() - started,
@@ -396,16 +418,13 @@ def main() -> None:
             f"{m:<22}{t['mean']:>9.2f}{t['std']:>8.2f}{t['min']:>9.2f}{t['max']:>9.2f}  "
             + " ".join(f"{v:.2f}" for v in t["per_seed"])
         )
-    if "proxy-only" in table:
-        proxy = table["proxy-only"]
-        for m in ("koala-homogeneous", "koala-heterogeneous"):
-            if m in table:
-                margin = proxy["min"] - table[m]["max"]
-                print(
-                    f"{m}: beats proxy-only on every seed by >= {margin:.2f} ppl"
-                    if margin > 0
-                    else f"{m}: does NOT beat proxy-only on every seed (worst-case margin {margin:.2f})"
-                )
+    for m, gap in report["koala_gaps"].items():
+        print(
+            f"{m}: worst-seed margin over proxy-only {gap['margin_over_proxy_only_worst_seed']:+.2f} ppl "
+            f"({'beats it on every seed' if gap['margin_over_proxy_only_worst_seed'] > 0 else 'does NOT beat it on every seed'}); "
+            f"mean gap to fedavg-large {gap.get('gap_to_fedavg_large', float('nan')):+.2f}, "
+            f"to centralized {gap.get('gap_to_centralized', float('nan')):+.2f}"
+        )
     if "proxy-only" in table:
         best = table["proxy-only"]["best_round"]
         print(

@@ -41,6 +41,8 @@ def _counting_rows(n: int = 64, seq_len: int = 10) -> Examples:
 @pytest.fixture(scope="module")
 def counter() -> torch.nn.Module:
     """A small model that learnt to count (trained once for this module)."""
+    # module fixtures run before conftest's per-test single-thread setting
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = tiny_llama(VOCAB, hidden=32, layers=2)
     batches = epoch_batches(_counting_rows(), 16, epochs=30, max_batches=0, seed=0)
