@@ -40,7 +40,10 @@ def build_koala(config: RunConfig, output_dir: Path) -> Iterator[Koala]:
     """
     split = knowledge_split(1, seed=PARTITION_SEED)
     large, smalls, tokenizer = koala_models(config, split)
-    prompts = prompt_ids(split.proxy_prompts, tokenizer)
+    # a prompt needs room for at least one answer token within seq-len
+    prompts = [
+        p for p in prompt_ids(split.proxy_prompts, tokenizer) if len(p) < config.seq_len
+    ]
     proxy = concat_examples(
         [
             encode_documents(split.proxy_text, tokenizer, config.seq_len),
