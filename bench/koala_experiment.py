@@ -421,9 +421,15 @@ def main() -> None:
     for m, gap in report["koala_gaps"].items():
         print(
             f"{m}: worst-seed margin over proxy-only {gap['margin_over_proxy_only_worst_seed']:+.2f} ppl "
-            f"({'beats it on every seed' if gap['margin_over_proxy_only_worst_seed'] > 0 else 'does NOT beat it on every seed'}); "
-            f"mean gap to fedavg-large {gap.get('gap_to_fedavg_large', float('nan')):+.2f}, "
-            f"to centralized {gap.get('gap_to_centralized', float('nan')):+.2f}"
+            f"({'beats it on every seed' if gap['margin_over_proxy_only_worst_seed'] > 0 else 'does NOT beat it on every seed'})"
+            + "".join(
+                f"; mean gap to {ref} {gap[key]:+.2f}"
+                for ref, key in (
+                    ("fedavg-large", "gap_to_fedavg_large"),
+                    ("centralized", "gap_to_centralized"),
+                )
+                if key in gap
+            )
         )
     if "proxy-only" in table:
         best = table["proxy-only"]["best_round"]
