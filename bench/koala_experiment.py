@@ -1,38 +1,55 @@
-"""KOALA vs its two baselines on the built-in corpus: held-out perplexity, client storage and FLOPs.
+"""KOALA where the clients know what the server's proxy data does not: held-out perplexity of
+the large model against every baseline, over seeds; client storage, FLOPs and upload bytes.
 
-In one process, without Flower, with the very functions the KOALA strategy and its ClientApp
-handler call (`splitkd_flwr.koala.transfer`). All three start from the same randomly
-initialised large model (the default teacher's architecture) and run the same rounds:
+The data (`splitkd_flwr.data.knowledge`): the clients hold whole dialogues of six topics
+(the ones with facts: routes, songs, warning lights, ...); the server's proxy holds the
+other six topics' dialogues and the clients' *prompts* ("Driver: ... Assistant:") without
+their answers; held-out is client-topic dialogues nobody saw. The large model starts
+untrained (random init, the default teacher's architecture): it has never seen the clients'
+knowledge. Methods, each from that same start and over the same rounds:
 
-- proxy-only (lower bound): the large model trained with CE on the server's proxy data,
-  as many steps per round as KOALA's reverse KD takes;
-- FedAvg-large (upper bound): every client trains the large model itself on its private
-  partition, the server averages them (as if clients could run it);
-- KOALA: clients train small models (two architectures: heterogeneous mode), the server
-  distills them into the large model on the UNLABELLED proxy data and back.
+- ``untrained``: the start;
+- ``proxy-only``: CE on the proxy (text + prompts), as many large-model steps as KOALA's;
+- ``koala-homogeneous``: every client trains one small architecture;
+- ``koala-heterogeneous``: client i trains architecture ``i % 2``;
+- ``fedavg-large``: clients train the large model itself, the server averages (the
+  conventional approach KOALA replaces: clients that could run it);
+- ``centralized``: the large model trained on all client data plus the proxy (the ceiling).
 
-Per-client storage (fp32 parameter bytes) and training FLOPs per round are those of the
-small model a KOALA client trains against those of training the large one locally
-(`simulation.cost.ModelShape`: 3 x forward FLOPs), for the tiny models trained here and,
-modelled only, for a Llama-3.2-1B client of a Llama-3.1-8B server::
+KOALA's server step (`koala.transfer.server_transfer`) is FedAvg per architecture, token-level
+reverse KD on the proxy (soft labels through top-k uploads when ``--top-k`` > 0), sequence-level
+KD (`koala.sequence`: the small models answer proxy prompts, the large model trains on the
+answers weighted by the consensus), forward KD back to the small models. The very functions
+the Flower strategy calls; no Flower here. Writes ``koala_results.json`` into ``--output``::
 
-    .venv/bin/python bench/koala_experiment.py --rounds 8 --clients 4
+    .venv/bin/python bench/koala_experiment.py                 # 3 seeds
+    .venv/bin/python bench/koala_experiment.py --k-sweep 1,8,64 # effect of top-k, seed 0
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import statistics
 import time
+from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from splitkd_flwr.data.corpus import generate_corpus
-from splitkd_flwr.data.loading import encode_documents, iterate_batches
-from splitkd_flwr.data.partition import builtin_split
-from splitkd_flwr.data.tokenizer import train_tokenizer
-from splitkd_flwr.default_models.configs import default_teacher_config
+from splitkd_flwr.data.knowledge import knowledge_split
+from splitkd_flwr.data.loading import Examples, encode_documents, iterate_batches
+from splitkd_flwr.data.tokenizer import EOS_ID, PAD_ID
+from splitkd_flwr.flower.config import RunConfig
+from splitkd_flwr.koala.run import (
+    concat_examples,
+    koala_models,
+    prompt_ids,
+    prompt_rows,
+)
+from splitkd_flwr.koala.sequence import SequenceKD
+from splitkd_flwr.koala.topk import upload_bytes_per_token
 from splitkd_flwr.koala.transfer import (
     count_parameters,
     epoch_batches,
@@ -42,35 +59,18 @@ from splitkd_flwr.koala.transfer import (
     train_ce,
     unlabelled_kd_loss,
 )
-from splitkd_flwr.simulation.cost import (
-    LLAMA_3_1_8B,
-    LLAMA_3_2_1B,
-    TRAIN_FACTOR,
-    ModelShape,
-)
+from splitkd_flwr.simulation.cost import TRAIN_FACTOR, ModelShape
 from splitkd_flwr.split.evaluate import evaluate_lm
-from splitkd_flwr.split.models import load_causal_lm
 
-PAPER = "97.2-97.6% less storage, 98.4-98.6% fewer FLOPs (MobileNetV3-Small clients, VGG19 server)"
-
-
-def small_configs(large: LlamaConfig) -> list[LlamaConfig]:
-    """Two small architectures of the large one's family: narrow+deep and wider+shallow."""
-    shapes = [(32, 2, 2), (48, 1, 4)]  # (hidden, layers, heads)
-    return [
-        LlamaConfig(
-            **{
-                **large.to_dict(),
-                "hidden_size": h,
-                "num_hidden_layers": n,
-                "num_attention_heads": a,
-                "num_key_value_heads": a,
-                "intermediate_size": 3 * h,
-                "head_dim": h // a,
-            }
-        )
-        for h, n, a in shapes
-    ]
+METHODS = (
+    "untrained",
+    "proxy-only",
+    "koala-homogeneous",
+    "koala-heterogeneous",
+    "fedavg-large",
+    "centralized",
+)
+PAPER_STORAGE, PAPER_FLOPS = "97.2-97.6%", "98.4-98.6%"
 
 
 def train_flops_per_token(config: dict, seq_len: int) -> float:
@@ -82,19 +82,242 @@ def train_flops_per_token(config: dict, seq_len: int) -> float:
     return TRAIN_FACTOR * forward / seq_len
 
 
-def llama_params(config: dict) -> int:
-    """Parameters of a Llama-style model (norms left out: they are negligible)."""
-    shape = ModelShape.from_config(config)
-    heads = 1 if config.get("tie_word_embeddings") else 2  # input embedding and LM head
-    return shape.layers * shape.layer_params + heads * shape.vocab * shape.hidden
-
-
-def _ppl(model: PreTrainedModel, batches: list) -> float:
+def ppl(model: PreTrainedModel, batches: list) -> float:
     return evaluate_lm(model, batches)["perplexity"]
+
+
+def run_seed(args: argparse.Namespace, seed: int, top_k: int, methods) -> dict:
+    """Every method of ``methods`` for one seed; returns name -> held-out perplexity (+ extras)."""
+    split = knowledge_split(args.clients, seed=seed)
+    # the front door's builder: untrained large model, untrained small shapes and a
+    # tokenizer trained on the server's own texts
+    run_config = RunConfig(mode="koala", student=args.smalls, seed=seed)
+    large0, smalls0, tokenizer = koala_models(run_config, split)
+
+    def encode(texts: list[str]) -> Examples:
+        return encode_documents(texts, tokenizer, args.seq_len)
+
+    clients = [encode(texts) for texts in split.clients]
+    prompts = prompt_ids(split.proxy_prompts, tokenizer)
+    proxy = concat_examples(
+        [encode(split.proxy_text), prompt_rows(prompts, args.seq_len, PAD_ID)]
+    )
+    held_out = list(iterate_batches(encode(split.held_out), args.batch_size))[
+        : args.eval_batches
+    ]
+    sequence = SequenceKD(
+        prompts,
+        args.prompts or 1,
+        args.max_new_tokens,
+        args.seq_len,
+        args.batch_size,
+        EOS_ID,
+        PAD_ID,
+    )
+    loss = unlabelled_kd_loss(args.temperature)
+    seq_steps = -(-args.prompts * len(smalls0) // args.batch_size)
+    large_steps = args.batches + seq_steps  # per round, KOALA's heterogeneous server
+    result: dict = {}
+    trajectory: list[dict] = []
+
+    def client_batches(examples: Examples, i: int, r: int) -> list:
+        return epoch_batches(
+            examples, args.batch_size, 1, args.batches, seed * 7919 + 100 * r + i
+        )
+
+    def koala(num_archs: int) -> tuple[PreTrainedModel, list[float]]:
+        """KOALA with ``num_archs`` small architectures; per-round figures into ``trajectory``."""
+        trajectory.clear()
+        large, smalls = copy.deepcopy(large0), copy.deepcopy(smalls0[:num_archs])
+        for r in range(args.rounds):
+            updates: list[list] = [[] for _ in smalls]
+            for i in range(args.clients):
+                local = copy.deepcopy(smalls[i % num_archs])
+                figures = train_ce(
+                    local, client_batches(clients[i], i, r), args.small_lr
+                )
+                updates[i % num_archs].append(
+                    (state_of(local), figures["num-examples"])
+                )
+            metrics = server_transfer(
+                large,
+                smalls,
+                updates,
+                epoch_batches(proxy, args.batch_size, 1, args.batches, seed * 7919 + r),
+                loss,
+                args.large_lr,
+                args.small_lr,
+                top_k=top_k,
+                sequence=sequence if args.prompts else None,
+                seed=seed * 7919 + r,
+            )
+            row = {
+                "round": r + 1,
+                "large": ppl(large, held_out),
+                "smalls": [ppl(s, held_out) for s in smalls],
+                "max_answer_weight": metrics.get("seq-kd-max-weight", 1.0),
+            }
+            trajectory.append(row)
+            if args.verbose:
+                print(f"  [{num_archs} arch] {row}")
+        return large, [ppl(s, held_out) for s in smalls]
+
+    for name in methods:
+        started = time.process_time()
+        smalls_ppl: list[float] = []
+        extra: dict = {}
+        if name == "untrained":
+            model = large0
+        elif name == "proxy-only":
+            model = copy.deepcopy(large0)
+            for r in range(args.rounds):
+                batches = epoch_batches(
+                    proxy, args.batch_size, 1, large_steps, seed * 7919 + r
+                )
+                train_ce(model, batches, args.large_lr)
+                # an oracle early stop (it peeks at the held-out set): proxy-only at its best
+                extra["best_round_perplexity"] = min(
+                    extra.get("best_round_perplexity", float("inf")),
+                    ppl(model, held_out),
+                )
+        elif name == "koala-homogeneous":
+            model, smalls_ppl = koala(1)
+            extra["rounds"] = list(trajectory)
+        elif name == "koala-heterogeneous":
+            model, smalls_ppl = koala(len(smalls0))
+            extra["rounds"] = list(trajectory)
+        elif name == "fedavg-large":
+            model = copy.deepcopy(large0)
+            for r in range(args.rounds):
+                states, counts = [], []
+                for i in range(args.clients):
+                    local = copy.deepcopy(model)
+                    figures = train_ce(
+                        local, client_batches(clients[i], i, r), args.large_lr
+                    )
+                    states.append(state_of(local))
+                    counts.append(figures["num-examples"])
+                model.load_state_dict(fedavg(states, counts))
+        elif name == "centralized":
+            model, everything = (
+                copy.deepcopy(large0),
+                concat_examples([*clients, proxy]),
+            )
+            steps = args.clients * args.batches + large_steps
+            for r in range(args.rounds):
+                batches = epoch_batches(
+                    everything, args.batch_size, 1, steps, seed * 7919 + r
+                )
+                train_ce(model, batches, args.large_lr)
+        result[name] = {
+            "perplexity": ppl(model, held_out),
+            "cpu_s": time.process_time() - started,
+            **({"small_perplexity": smalls_ppl} if smalls_ppl else {}),
+            **extra,
+        }
+        print(
+            f"  seed {seed} {name:<20} ppl {result[name]['perplexity']:8.2f}  "
+            f"cpu {result[name]['cpu_s']:6.1f} s"
+            + (f"  smalls {[round(p, 2) for p in smalls_ppl]}" if smalls_ppl else "")
+        )
+    result["_sizes"] = {
+        "large_params": count_parameters(large0),
+        "small_params": [count_parameters(s) for s in smalls0],
+        "large_config": large0.config.to_dict(),
+        "small_configs": [s.config.to_dict() for s in smalls0],
+        "client_tokens_per_round": [
+            float(sum(int(b["attention_mask"].sum()) for b in client_batches(c, i, 0)))
+            for i, c in enumerate(clients)
+        ],
+        "proxy_tokens_per_round": float(
+            sum(
+                int(b["attention_mask"].sum())
+                for b in epoch_batches(proxy, args.batch_size, 1, args.batches, 0)
+            )
+        ),
+        "vocab": len(tokenizer),
+    }
+    return result
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "per_seed": values,
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def costs(sizes: dict, seq_len: int, rounds: int) -> dict:
+    """Per-client storage, training FLOPs and upload bytes per round: KOALA vs FedAvg-large."""
+    large_params = sizes["large_params"]
+    tokens = statistics.fmean(sizes["client_tokens_per_round"])
+    large_flops = train_flops_per_token(sizes["large_config"], seq_len) * tokens
+    rows = []
+    for k, (params, config) in enumerate(
+        zip(sizes["small_params"], sizes["small_configs"])
+    ):
+        flops = train_flops_per_token(config, seq_len) * tokens
+        rows.append(
+            {
+                "small": k,
+                "params": params,
+                "ratio": large_params / params,
+                "storage_saved": 1 - params / large_params,
+                "flops_saved": 1 - flops / large_flops,
+                "small_gflop_per_round": flops / 1e9,
+            }
+        )
+    vocab, proxy_tokens = sizes["vocab"], sizes["proxy_tokens_per_round"]
+    uploads = {
+        "fedavg-large weights": 4 * large_params,
+        **{
+            f"koala small-{k} weights": 4 * p
+            for k, p in enumerate(sizes["small_params"])
+        },
+        **{
+            f"log-probs on the proxy, top-{k or 'all'}": upload_bytes_per_token(
+                k, vocab
+            )
+            * proxy_tokens
+            for k in (0, 64, 8, 1)
+        },
+    }
+    return {
+        "large_params": large_params,
+        "large_gflop_per_round": large_flops / 1e9,
+        "smalls": rows,
+        "upload_bytes_per_client_round": uploads,
+        "paper": {"storage_saved": PAPER_STORAGE, "flops_saved": PAPER_FLOPS},
+    }
+
+
+def koala_gaps(table: dict) -> dict:
+    """Per KOALA mode: the worst-seed margin over proxy-only (> 0: better on every seed)
+    and the mean perplexity gaps to fedavg-large and centralized (> 0: KOALA worse)."""
+    gaps = {}
+    for m in ("koala-homogeneous", "koala-heterogeneous"):
+        if m not in table or "proxy-only" not in table:
+            continue
+        gaps[m] = {
+            "margin_over_proxy_only_worst_seed": table["proxy-only"]["min"]
+            - table[m]["max"],
+            "margin_over_proxy_only_mean": table["proxy-only"]["mean"]
+            - table[m]["mean"],
+            **{
+                f"gap_to_{ref.replace('-', '_')}": table[m]["mean"] - table[ref]["mean"]
+                for ref in ("fedavg-large", "centralized")
+                if ref in table
+            },
+        }
+    return gaps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument(
@@ -104,134 +327,135 @@ def main() -> None:
         help="mini-batches per client (and proxy) per round",
     )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=48)
+    parser.add_argument(
+        "--smalls",
+        default="16x2x2,24x1x2",
+        help="small shapes: hidden x layers x heads, comma-separated",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=64,
+        help="proxy prompts answered per round (0: no sequence KD)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        help="top-k uploads of token-level soft labels (0: full)",
+    )
+    parser.add_argument(
+        "--k-sweep",
+        default="",
+        help="comma-separated k: koala-heterogeneous on the first seed per k",
+    )
     parser.add_argument("--small-lr", type=float, default=1e-2)
     parser.add_argument("--large-lr", type=float, default=3e-3)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
         "--eval-batches", type=int, default=8, help="held-out mini-batches evaluated"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--output", type=Path, default=Path("outputs/koala-experiment"))
+    parser.add_argument(
+        "--verbose", action="store_true", help="per-round perplexities of KOALA"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-
-    tokenizer = train_tokenizer(d.text for d in generate_corpus())
-    split = builtin_split(args.clients, seed=args.seed)
-
-    def encode(docs: list) -> object:
-        return encode_documents([d.text for d in docs], tokenizer, args.seq_len)
-
-    proxy, clients = encode(split.server), [encode(part) for part in split.devices]
-    eval_batches = list(iterate_batches(encode(split.eval), args.batch_size))[
-        : args.eval_batches
-    ]
-    large_config = default_teacher_config(len(tokenizer))
-    large0 = load_causal_lm(large_config)
-    smalls0 = [load_causal_lm(c) for c in small_configs(large_config)]
-    initial_ppl = _ppl(large0, eval_batches)
-
-    def client_batches(i: int, r: int) -> list:
-        return epoch_batches(
-            clients[i], args.batch_size, 1, args.batches, args.seed + 100 * r + i
+    started = time.process_time()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    per_seed = {seed: run_seed(args, seed, args.top_k, methods) for seed in seeds}
+    table = {
+        m: {
+            **spread([per_seed[s][m]["perplexity"] for s in seeds]),
+            "cpu_s_per_seed": statistics.fmean(per_seed[s][m]["cpu_s"] for s in seeds),
+        }
+        for m in methods
+    }
+    if "proxy-only" in methods:
+        table["proxy-only"]["best_round"] = spread(
+            [per_seed[s]["proxy-only"]["best_round_perplexity"] for s in seeds]
         )
-
-    def proxy_batches(r: int) -> list:
-        return epoch_batches(proxy, args.batch_size, 1, args.batches, args.seed + r)
-
-    # (a) proxy-only: CE on the proxy data, as many large-model steps as KOALA's reverse KD
-    started, lower = time.perf_counter(), copy.deepcopy(large0)
-    for r in range(args.rounds):
-        train_ce(lower, proxy_batches(r), args.large_lr)
-    lower_s = time.perf_counter() - started
-
-    # (b) FedAvg of the large model itself on the clients' private data
-    started, upper = time.perf_counter(), copy.deepcopy(large0)
-    for r in range(args.rounds):
-        states, counts = [], []
-        for i in range(args.clients):
-            local = copy.deepcopy(upper)
-            counts.append(
-                train_ce(local, client_batches(i, r), args.large_lr)["num-examples"]
+    k_sweep = {}
+    for k in [int(x) for x in args.k_sweep.split(",") if x]:
+        run = run_seed(args, seeds[0], k, ["koala-heterogeneous"])
+        k_sweep[str(k)] = run["koala-heterogeneous"]["perplexity"]
+    sizes = per_seed[seeds[0]]["_sizes"]
+    report = {
+        "config": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+        },
+        "seeds": seeds,
+        "methods": [{"name": m, **table[m]} for m in methods],
+        "koala_rounds_seed0": {
+            m: per_seed[seeds[0]][m]["rounds"]
+            for m in methods
+            if "rounds" in per_seed[seeds[0]][m]
+        },
+        "small_perplexity": {
+            m: [per_seed[s][m]["small_perplexity"] for s in seeds]
+            for m in methods
+            if "small_perplexity" in per_seed[seeds[0]][m]
+        },
+        "koala_gaps": koala_gaps(table),
+        "top_k_sweep_seed0_koala_heterogeneous": k_sweep,
+        "costs": costs(sizes, args.seq_len, args.rounds),
+        "cpu_s_total": time.process_time() - started,
+    }
+    print(
+        f"\nheld-out perplexity on client-topic text, {len(seeds)} seeds ({args.rounds} rounds, {args.clients} clients)"
+    )
+    print(f"{'method':<22}{'mean':>9}{'std':>8}{'min':>9}{'max':>9}  per seed")
+    for m in methods:
+        t = table[m]
+        print(
+            f"{m:<22}{t['mean']:>9.2f}{t['std']:>8.2f}{t['min']:>9.2f}{t['max']:>9.2f}  "
+            + " ".join(f"{v:.2f}" for v in t["per_seed"])
+        )
+    for m, gap in report["koala_gaps"].items():
+        print(
+            f"{m}: worst-seed margin over proxy-only {gap['margin_over_proxy_only_worst_seed']:+.2f} ppl "
+            f"({'beats it on every seed' if gap['margin_over_proxy_only_worst_seed'] > 0 else 'does NOT beat it on every seed'})"
+            + "".join(
+                f"; mean gap to {ref} {gap[key]:+.2f}"
+                for ref, key in (
+                    ("fedavg-large", "gap_to_fedavg_large"),
+                    ("centralized", "gap_to_centralized"),
+                )
+                if key in gap
             )
-            states.append(state_of(local))
-        upper.load_state_dict(fedavg(states, counts))
-    upper_s = time.perf_counter() - started
-
-    # (c) KOALA, heterogeneous: client i trains architecture i % 2
-    started, large, smalls = (
-        time.perf_counter(),
-        copy.deepcopy(large0),
-        copy.deepcopy(smalls0),
-    )
-    loss, tokens_per_client = unlabelled_kd_loss(args.temperature), 0.0
-    for r in range(args.rounds):
-        updates: list[list] = [[] for _ in smalls]
-        for i in range(args.clients):
-            local = copy.deepcopy(smalls[i % len(smalls)])
-            figures = train_ce(local, client_batches(i, r), args.small_lr)
-            updates[i % len(smalls)].append((state_of(local), figures["num-examples"]))
-            tokens_per_client += figures["tokens"] / args.clients
-        metrics = server_transfer(
-            large, smalls, updates, proxy_batches(r), loss, args.large_lr, args.small_lr
         )
+    if "proxy-only" in table:
+        best = table["proxy-only"]["best_round"]
         print(
-            f"KOALA round {r + 1}: large ppl {_ppl(large, eval_batches):.2f}, "
-            f"reverse KD {metrics['reverse-kd-loss']:.4f}"
+            f"proxy-only at its best round (oracle early stop): mean {best['mean']:.2f}, "
+            f"per seed {' '.join(f'{v:.2f}' for v in best['per_seed'])}"
         )
-    koala_s = time.perf_counter() - started
-
+    for k, v in k_sweep.items():
+        print(f"top-{k} uploads, koala-heterogeneous, seed {seeds[0]}: ppl {v:.2f}")
+    c = report["costs"]
     print(
-        f"\nheld-out perplexity after {args.rounds} rounds ({args.clients} clients, "
-        f"{args.batches} batches x {args.batch_size} x {args.seq_len} tokens per client per round; "
-        f"initial {initial_ppl:.2f})"
+        f"\nper client: large model {c['large_params']:,} params, {c['large_gflop_per_round']:.3f} GFLOP/round"
     )
-    print(f"{'method':<34}{'large-model ppl':>16}{'wall s':>9}")
-    for name, model, wall_s in (
-        ("proxy data only (lower bound)", lower, lower_s),
-        ("FedAvg of the large model (upper)", upper, upper_s),
-        ("KOALA, 2 small architectures", large, koala_s),
-    ):
-        print(f"{name:<34}{_ppl(model, eval_batches):>16.2f}{wall_s:>9.1f}")
-    for k, small in enumerate(smalls):
-        print(f"  KOALA small model {k} ppl: {_ppl(small, eval_batches):.2f}")
-
-    print(
-        f"\nper-client cost of KOALA vs training the large model locally (paper: {PAPER})"
-    )
-    print(
-        f"{'client model':<42}{'params':>11}{'MB fp32':>9}{'storage':>10}{'GFLOP/round':>13}{'FLOPs':>9}"
-    )
-    large_bytes = 4 * count_parameters(large0)
-    large_flops = (
-        train_flops_per_token(large0.config.to_dict(), args.seq_len)
-        * tokens_per_client
-        / args.rounds
-    )
-    print(
-        f"{'large model (trained locally)':<42}{count_parameters(large0):>11,}{large_bytes / 1e6:>9.2f}"
-        f"{'':>10}{large_flops / 1e9:>13.3f}"
-    )
-    for k, small in enumerate(smalls0):
-        size = 4 * count_parameters(small)
-        flops = (
-            train_flops_per_token(small.config.to_dict(), args.seq_len)
-            * tokens_per_client
-            / args.rounds
-        )
+    for row in c["smalls"]:
         print(
-            f"{f'KOALA small {k} (hidden {small.config.hidden_size}, {small.config.num_hidden_layers} layers)':<42}"
-            f"{count_parameters(small):>11,}{size / 1e6:>9.2f}{1 - size / large_bytes:>10.1%}"
-            f"{flops / 1e9:>13.3f}{1 - flops / large_flops:>9.1%}"
+            f"  small-{row['small']}: {row['params']:,} params ({row['ratio']:.1f}x smaller): "
+            f"storage saved {row['storage_saved']:.1%} (paper {PAPER_STORAGE}), "
+            f"FLOPs saved {row['flops_saved']:.1%} (paper {PAPER_FLOPS})"
         )
-    params = [llama_params(LLAMA_3_2_1B), llama_params(LLAMA_3_1_8B)]
-    ratio_flops = train_flops_per_token(LLAMA_3_2_1B, 512) / train_flops_per_token(
-        LLAMA_3_1_8B, 512
-    )
-    print(
-        f"{'modelled: Llama-3.2-1B client, 8B server':<42}{params[0]:>11,}{4 * params[0] / 1e6:>9.0f}"
-        f"{1 - params[0] / params[1]:>10.1%}{'':>13}{1 - ratio_flops:>9.1%}"
-    )
+    for name, size in c["upload_bytes_per_client_round"].items():
+        print(f"  upload per round, {name}: {size / 1e6:.3f} MB")
+    print(f"total CPU time {report['cpu_s_total']:.0f} s")
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / "koala_results.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

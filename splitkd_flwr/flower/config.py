@@ -66,6 +66,17 @@ class RunConfig:
     kd_beta: float = _help(
         "JSD mixture weight (only for `jsd`; 0 = forward KL, 1 = reverse KL)", 0.5
     )
+    koala_prompts: int = _help(
+        "KOALA: proxy prompts the small models answer per round for sequence-level KD (0: off)",
+        64,
+    )
+    koala_max_new_tokens: int = _help(
+        "KOALA: most tokens of a small model's answer to a prompt", 24
+    )
+    koala_top_k: int = _help(
+        "KOALA: top-k log-probs kept per token of each small model's soft labels (0: all)",
+        0,
+    )
     cut_layer: int = _help(
         "cut for the `fixed` planner: device runs student blocks [0, cut)", 4
     )
@@ -195,6 +206,9 @@ class RunConfig:
             self.kd_divergence in DIVERGENCES, "kd-divergence", f"one of {DIVERGENCES}"
         )
         need(0.0 <= self.kd_beta <= 1.0, "kd-beta", "in [0, 1]")
+        need(self.koala_prompts >= 0, "koala-prompts", ">= 0")
+        need(self.koala_max_new_tokens >= 1, "koala-max-new-tokens", ">= 1")
+        need(self.koala_top_k >= 0, "koala-top-k", ">= 0")
         need(self.delay_bound_s >= 0, "delay-bound-s", ">= 0")
         need(self.scenario in ("paper", "none"), "scenario", "`paper` or `none`")
         need(self.scenario_round_interval_s >= 0, "scenario-round-interval-s", ">= 0")

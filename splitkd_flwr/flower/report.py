@@ -110,6 +110,8 @@ ROUND_COLUMNS: Sequence[tuple[str, str]] = (
     ("status", "status"),
     ("train loss", "train-loss"),
     ("eval ppl", "eval-perplexity"),
+    # KOALA: each small architecture's held-out perplexity beside the large model's
+    *((f"small-{k} ppl", f"small-{k}-eval-perplexity") for k in range(4)),
     ("agree", "eval-teacher-agreement"),
     ("MB up", "measured-bytes-up"),
     ("wall s", "measured-round-s"),

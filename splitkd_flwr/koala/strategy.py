@@ -19,6 +19,7 @@ from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.loop import RoundStrategy, TrainRound
 from splitkd_flwr.flower.nodes import query_profiles
 from splitkd_flwr.koala import protocol as kp
+from splitkd_flwr.koala.sequence import SequenceKD
 from splitkd_flwr.koala.transfer import (
     epoch_batches,
     server_transfer,
@@ -51,7 +52,7 @@ class Koala(RoundStrategy):
     architecture (homogeneous mode) the clients' models are averaged and the average
     teaches the large model; with several (heterogeneous mode) each architecture's clients
     are averaged among themselves only and the architectures' outputs, never their weights,
-    are combined into consensus soft labels (`transfer.consensus_log_probs`).
+    are combined into consensus soft labels (`consensus.consensus_log_probs`).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Koala(RoundStrategy):
         tokenizer: PreTrainedTokenizerBase,
         proxy: Examples,
         evaluate_fn: EvalFn,
+        sequence: SequenceKD | None = None,
     ) -> None:
         self.config = config
         self.large = large
@@ -69,6 +71,7 @@ class Koala(RoundStrategy):
         self.tokenizer = tokenizer
         self.proxy = proxy
         self.evaluate_fn = evaluate_fn
+        self.sequence = sequence
         self.loss = unlabelled_kd_loss(
             config.kd_temperature, config.kd_divergence, config.kd_beta
         )
@@ -83,10 +86,13 @@ class Koala(RoundStrategy):
         """Log the set-up."""
         mode = "homogeneous" if len(self.smalls) == 1 else "heterogeneous"
         logger.info(
-            "KOALA (%s): %d small architecture(s), %d proxy examples",
+            "KOALA (%s): %d small architecture(s), %d proxy examples, %s",
             mode,
             len(self.smalls),
             len(self.proxy),
+            f"{self.sequence.prompts_per_round} prompts answered per round"
+            if self.sequence
+            else "token-level KD only",
         )
 
     def refresh_nodes(self, grid: Grid, timeout_s: float) -> None:
@@ -175,7 +181,16 @@ class Koala(RoundStrategy):
             c.seed + train_round.server_round,
         )
         figures = server_transfer(
-            self.large, self.smalls, updates, proxy, self.loss, c.server_lr, c.device_lr
+            self.large,
+            self.smalls,
+            updates,
+            proxy,
+            self.loss,
+            c.server_lr,
+            c.device_lr,
+            top_k=c.koala_top_k,
+            sequence=self.sequence,
+            seed=c.seed + train_round.server_round,
         )
         figures.update(
             {

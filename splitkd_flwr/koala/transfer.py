@@ -3,17 +3,7 @@
 No Flower here: the strategy (`koala/strategy.py`), the ClientApp handler
 (`koala/client.py`) and the experiment (`bench/koala_experiment.py`) all call these.
 
-Consensus rule (heterogeneous mode). The paper's exact weighting was not available, so
-this one is ours: for every token, the soft label is a mixture of the small models'
-distributions at temperature T,
-
-    q(v) = sum_k w_k * p_k(v),   w_k ∝ n_k * max_v' p_k(v'),
-
-where ``n_k`` is the number of examples architecture k's clients trained on this round
-(its share of the federation's data) and ``max_v' p_k(v')`` its confidence on that very
-token. It needs no labels, so the proxy data stays unlabelled; a model that is unsure
-where another is sure yields to it token by token, and with one architecture it is
-exactly that model's distribution (homogeneous mode).
+The consensus rule of heterogeneous mode: `koala/consensus.py`.
 """
 
 from __future__ import annotations
@@ -26,13 +16,17 @@ from torch import Tensor, nn
 
 from splitkd_flwr.core.errors import ConfigError, ModelError
 from splitkd_flwr.data.loading import Examples, iterate_batches
+from splitkd_flwr.koala.consensus import consensus_log_probs
+from splitkd_flwr.koala.sequence import CLIP_NORM, SequenceKD, sequence_kd
+from splitkd_flwr.koala.topk import decode_topk, encode_topk
 from splitkd_flwr.split.loss import IGNORE_INDEX, KDLoss, cross_entropy
 from splitkd_flwr.split.step import make_labels
+
+__all__ = ["consensus_log_probs", "server_transfer", "train_ce"]
 
 Batch = Mapping[str, Tensor]
 # batch -> (B, T, V) logits at the loss's temperature
 TeacherFn = Callable[[Batch], Tensor]
-CLIP_NORM = 1.0  # gradient clipping of every step: tiny models on tiny data spike early
 
 
 def _logits(model: nn.Module, batch: Batch) -> Tensor:
@@ -128,48 +122,32 @@ def fedavg(
     return averaged
 
 
-def consensus_log_probs(
-    logits: Sequence[Tensor], num_examples: Sequence[float], temperature: float
-) -> Tensor:
-    """Log of the consensus soft labels ``sum_k w_k p_k`` (module docstring: the rule).
-
-    Parameters
-    ----------
-    logits : Sequence[Tensor]
-        One (B, T, V) tensor per small model, same shape.
-    num_examples : Sequence[float]
-        Examples each model's clients trained on this round (its prior weight), > 0.
-    temperature : float
-        Every ``p_k`` is ``softmax(logits_k / temperature)``.
-
-    Returns
-    -------
-    Tensor
-        (B, T, V) fp32 log-probabilities (each row sums to 1 in probability).
-    """
-    if not logits or len(logits) != len(num_examples) or min(num_examples) <= 0:
-        raise ConfigError(
-            f"consensus needs >= 1 model and positive example counts, got {list(num_examples)}"
-        )
-    # (K, B, T, V)
-    logp = torch.stack([F.log_softmax(x.float() / temperature, dim=-1) for x in logits])
-    # (K, 1, 1, 1)
-    prior = torch.tensor([float(n) for n in num_examples]).log().view(-1, 1, 1, 1)
-    log_w = prior + logp.max(dim=-1, keepdim=True).values  # (K, B, T, 1)
-    # normalised over models
-    log_w = log_w - torch.logsumexp(log_w, dim=0, keepdim=True)
-    return torch.logsumexp(log_w + logp, dim=0)  # (B, T, V)
-
-
 def consensus_teacher(
-    models: Sequence[nn.Module], num_examples: Sequence[float], temperature: float
+    models: Sequence[nn.Module],
+    num_examples: Sequence[float],
+    temperature: float,
+    top_k: int = 0,
 ) -> TeacherFn:
-    """A teacher whose logits, softened at ``temperature``, give the consensus exactly."""
+    """A teacher whose logits, softened at ``temperature``, give the consensus exactly.
+
+    With ``top_k > 0`` each model's distribution first goes through a top-k upload
+    (`koala/topk.py`: k log-probs kept, the tail spread uniformly), as if each
+    architecture had sent only that.
+    """
 
     def teach(batch: Batch) -> Tensor:
-        log_q = consensus_log_probs(
-            [_logits(m.eval(), batch) for m in models], num_examples, temperature
-        )
+        logits = [_logits(m.eval(), batch) for m in models]
+        if top_k > 0:
+            vocab = logits[0].shape[-1]
+            uploads = [
+                encode_topk(F.log_softmax(x.float() / temperature, dim=-1), top_k)
+                for x in logits
+            ]
+            # decoded log-probs are already at the temperature: mix them at T = 1
+            decoded = [decode_topk(v, i, vocab) for v, i in uploads]
+            log_q = consensus_log_probs(decoded, num_examples, 1.0)
+        else:
+            log_q = consensus_log_probs(logits, num_examples, temperature)
         # log_softmax(T * log q / T) = log q: the loss re-softens and gets q back.
         return temperature * log_q  # (B, T, V)
 
@@ -221,8 +199,15 @@ def server_transfer(
     loss: KDLoss,
     large_lr: float,
     small_lr: float,
+    *,
+    top_k: int = 0,
+    sequence: SequenceKD | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """One KOALA server step: aggregate, reverse KD (small -> large), forward KD (large -> small).
+
+    Reverse KD is token-level on the proxy batches and, with ``sequence``, also
+    sequence-level on the small models' answers to proxy prompts (`koala/sequence.py`).
 
     Parameters
     ----------
@@ -238,11 +223,18 @@ def server_transfer(
         Usually `unlabelled_kd_loss`.
     large_lr, small_lr : float
         AdamW learning rates of the two KD directions.
+    top_k : int
+        0: full distributions; else each small model's soft labels pass a top-k upload.
+    sequence : SequenceKD | None
+        Prompts and sizes of sequence-level KD; None: token-level only.
+    seed : int
+        Seed of this round's prompt draw and sampling.
 
     Returns
     -------
     dict[str, float]
-        ``reverse-kd-loss``, ``forward-kd-loss-<k>`` per architecture, ``architectures-heard``.
+        ``reverse-kd-loss``, ``forward-kd-loss-<k>`` per architecture, ``architectures-heard``,
+        and with ``sequence`` the ``seq-kd-*`` figures of `sequence.sequence_kd`.
     """
     if len(updates) != len(smalls):
         raise ConfigError(
@@ -257,10 +249,12 @@ def server_transfer(
     metrics: dict[str, float] = {"architectures-heard": float(len(heard))}
     if not heard:
         return metrics
-    teacher = consensus_teacher(heard, counts, loss.temperature)
-    metrics["reverse-kd-loss"] = distill(large, teacher, proxy_batches, large_lr, loss)[
-        "kd-loss"
-    ]
+    teacher = consensus_teacher(heard, counts, loss.temperature, top_k)
+    if proxy_batches:
+        reverse = distill(large, teacher, proxy_batches, large_lr, loss)
+        metrics["reverse-kd-loss"] = reverse["kd-loss"]
+    if sequence is not None:
+        metrics.update(sequence_kd(large, heard, counts, sequence, large_lr, seed))
     for index, small in enumerate(smalls):
         forward = distill(small, model_teacher(large), proxy_batches, small_lr, loss)
         metrics[f"forward-kd-loss-{index}"] = forward["kd-loss"]

@@ -60,6 +60,8 @@ def test_heterogeneous_koala_simulation_improves_and_saves_the_large_model(
         "device-lr": 0.01,
         "server-lr": 0.01,
         "eval-batches": 2,
+        "koala-prompts": 8,
+        "koala-max-new-tokens": 6,
         "output-dir": str(out),
     }
     # Execute
@@ -82,5 +84,7 @@ def test_heterogeneous_koala_simulation_improves_and_saves_the_large_model(
     assert all(r["architectures-heard"] == 2 and r["clients"] == 3 for r in records[1:])
     assert records[-1]["eval-loss"] < records[0]["eval-loss"]
     assert "small-1-eval-loss" in records[-1]
+    # sequence-level KD ran: 8 prompts answered by each of the 2 architectures
+    assert all(r["seq-kd-answers"] == 16 for r in records[1:])
     saved = AutoModelForCausalLM.from_pretrained(out / "large-model")
     assert saved.config.hidden_size == 32
