@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from splitkd_flwr.split.placement import module_device, to_device
+
 
 @torch.no_grad()
 def evaluate_lm(
@@ -16,7 +18,7 @@ def evaluate_lm(
     batches: Iterable[Mapping[str, torch.Tensor]],
     teacher: PreTrainedModel | None = None,
 ) -> dict[str, float]:
-    """Next-token loss, perplexity and accuracy of ``model`` on ``batches``.
+    """Next-token loss, perplexity and accuracy of ``model`` on ``batches``, where it is.
 
     With a ``teacher``, also the fraction of tokens where both predict the same next
     token ("agreement"). Padding (``attention_mask == 0``) is excluded; every figure is a
@@ -25,8 +27,10 @@ def evaluate_lm(
     was_training = model.training
     model.eval()
     loss_sum = correct = agree = tokens = 0.0
+    device = module_device(model)
     for batch in batches:
-        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        input_ids = to_device(batch["input_ids"], device)
+        mask = to_device(batch["attention_mask"], device)
         # (B, T-1, V)
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
         targets = input_ids[:, 1:]  # (B, T-1)
@@ -37,10 +41,13 @@ def evaluate_lm(
         prediction = logits_kept.argmax(-1)
         correct += (prediction == targets_kept).sum().item()
         if teacher is not None:
-            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask).logits[
-                :, :-1
-            ]
-            agree += (teacher_logits[keep].argmax(-1) == prediction).sum().item()
+            teacher_device = module_device(teacher)
+            teacher_logits = teacher(
+                input_ids=to_device(input_ids, teacher_device),
+                attention_mask=to_device(mask, teacher_device),
+            ).logits[:, :-1]  # (B, T-1, V)
+            teacher_prediction = teacher_logits[keep.to(teacher_device)].argmax(-1)
+            agree += (teacher_prediction.to(device) == prediction).sum().item()
         tokens += keep.sum().item()
     model.train(was_training)
     if tokens == 0:

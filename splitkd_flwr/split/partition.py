@@ -102,15 +102,25 @@ class StudentSegment(nn.Module):
             return hidden
         return self.lm_head(self.norm(hidden))  # (B, T, V)
 
-    def student_state_dict(self) -> dict[str, torch.Tensor]:
-        """Return this segment's weights under the student's own state_dict keys."""
-        return {
-            f"{prefix}.{key}": tensor
-            for prefix, module in self._prefixes.items()
-            for key, tensor in module.state_dict().items()
-        }
+    def student_state_dict(
+        self, *, trainable_only: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Return this segment's weights under the student's own state_dict keys.
 
-    def load_student_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        With ``trainable_only``, only the parameters that train (the LoRA adapters of a
+        LoRA student; everything for full fine-tuning): what a round exchanges.
+        """
+        state = {}
+        for prefix, module in self._prefixes.items():
+            keep = {n for n, p in module.named_parameters() if p.requires_grad}
+            for key, tensor in module.state_dict().items():
+                if not trainable_only or key in keep:
+                    state[f"{prefix}.{key}"] = tensor
+        return state
+
+    def load_student_state_dict(
+        self, state: Mapping[str, torch.Tensor], *, trainable_only: bool = False
+    ) -> None:
         """Copy ``state`` (student keys, exactly this segment's) into the weights.
 
         Raises
@@ -119,12 +129,14 @@ class StudentSegment(nn.Module):
             ``state`` lacks keys of this segment, has others, a wrong shape or NaN/inf.
         """
         check_weights(
-            self.student_state_dict(), state, f"segment [{self.start}, {self.stop})"
+            self.student_state_dict(trainable_only=trainable_only),
+            state,
+            f"segment [{self.start}, {self.stop})",
         )
         for prefix, module in self._prefixes.items():
             n = len(prefix) + 1
             own = {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-            module.load_state_dict(own, strict=True)
+            module.load_state_dict(own, strict=not trainable_only)
 
 
 class DevicePart(nn.Module):
@@ -186,7 +198,7 @@ class DevicePart(nn.Module):
 
     def student_parameters(self) -> Iterator[nn.Parameter]:
         """Return the trainable (student) parameters, for the device optimizer."""
-        return self.student.parameters()
+        return (p for p in self.student.parameters() if p.requires_grad)
 
 
 class ServerPart(nn.Module):
@@ -241,7 +253,7 @@ class ServerPart(nn.Module):
 
     def student_parameters(self) -> Iterator[nn.Parameter]:
         """Return the trainable (student) parameters, for the server optimizer."""
-        return self.student.parameters()
+        return (p for p in self.student.parameters() if p.requires_grad)
 
 
 def check_weights(
@@ -293,12 +305,16 @@ def partition(
 
 
 def build_device_student(
-    config: PretrainedConfig, cut_layer: int, *, dtype: torch.dtype = torch.float32
+    config: PretrainedConfig,
+    cut_layer: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> PreTrainedModel:
     """Build a student whose embeddings and blocks ``< cut_layer`` alone take memory.
 
     The rest (upper blocks, norm, LM head) stays on the meta device, so a device with a
-    1B student allocates only what it trains. The allocated weights are uninitialised:
+    1B student allocates only what it trains, on ``device`` (a Jetson's ``cuda``). The allocated weights are uninitialised:
     load the server's with ``DevicePart.student.load_student_state_dict``.
 
     Raises
@@ -317,18 +333,27 @@ def build_device_student(
     arch.rebuild_context(student)
     lower = StudentSegment(student, 0, cut_layer, embed=True, head=False)
     for module in lower.owned_modules():
-        module.to_empty(device="cpu")
+        module.to_empty(device=device)
+    # The rotary tables were rebuilt on the CPU; they go where the blocks run.
+    for module in lower.context.values():
+        module.to(device)
     return student
 
 
-def device_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:
+def device_param_names(
+    student: PreTrainedModel, cut_layer: int, *, trainable_only: bool = False
+) -> list[str]:
     """Return the student's state_dict keys on the device (embeddings, blocks < c)."""
-    return list(_segments(student, cut_layer)[0].student_state_dict())
+    lower = _segments(student, cut_layer)[0]
+    return list(lower.student_state_dict(trainable_only=trainable_only))
 
 
-def server_param_names(student: PreTrainedModel, cut_layer: int) -> list[str]:
+def server_param_names(
+    student: PreTrainedModel, cut_layer: int, *, trainable_only: bool = False
+) -> list[str]:
     """Return the student's state_dict keys on the server (blocks >= c, norm, head)."""
-    return list(_segments(student, cut_layer)[1].student_state_dict())
+    upper = _segments(student, cut_layer)[1]
+    return list(upper.student_state_dict(trainable_only=trainable_only))
 
 
 def _segments(

@@ -10,6 +10,8 @@ import torch
 from transformers import PreTrainedModel
 
 from splitkd_flwr.core.errors import ModelError
+from splitkd_flwr.split.lora import LoraSpec, add_lora, plain_key, plain_state_dict
+from splitkd_flwr.split.models import num_layers
 from splitkd_flwr.split.partition import (
     ServerPart,
     check_weights,
@@ -17,15 +19,21 @@ from splitkd_flwr.split.partition import (
     partition,
     server_param_names,
 )
+from splitkd_flwr.split.placement import module_device, to_device, to_host
 from splitkd_flwr.split.step import LossFn, ServerStepResult, Smashed, server_step
 
 
 class SplitServer:
     """The global student and the frozen teacher, trained one split round at a time.
 
-    One AdamW holds every student parameter for the whole run; in a round only the
-    server-side ones get gradients (the optimizer skips parameters without one), so the
-    moments of a block survive rounds in which the cut moves below or above it.
+    One AdamW holds every trainable student parameter for the whole run; in a round only
+    the server-side ones get gradients (the optimizer skips parameters without one), so
+    the moments of a block survive rounds in which the cut moves below or above it.
+
+    With a ``lora`` spec the student gets peft LoRA adapters and only they train: the
+    device state a round sends and receives is the adapters below the cut. With an
+    ``autocast_dtype`` (bf16-mixed) the server's forward runs under autocast while the
+    trainable weights and the optimizer's moments stay fp32.
 
     A round is ``begin_round`` -> ``step`` per mini-batch -> ``commit`` (the device's
     weights) or ``rollback`` (everything exactly as before ``begin_round``).
@@ -37,29 +45,52 @@ class SplitServer:
         student: PreTrainedModel,
         loss_fn: LossFn,
         lr: float,
+        *,
+        lora: LoraSpec | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         self.teacher = teacher
         self.student = student
         self.loss_fn = loss_fn
+        self.autocast_dtype = autocast_dtype
         # checks the pair, unties the student, freezes the teacher
         partition(teacher, student, 1)
-        self.optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+        if lora is not None:
+            add_lora(student, lora)
+        self.lora = lora
+        self.device = module_device(student)
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=lr)
         self.cut_layer: int | None = None
         self._part: ServerPart | None = None
         self._snapshot: tuple[dict[str, torch.Tensor], dict] | None = None
 
     def device_state(self, cut_layer: int) -> dict[str, torch.Tensor]:
-        """The student tensors a device needs for ``cut_layer`` (embeddings, blocks below it)."""
+        """The trainable student tensors a device needs for ``cut_layer``, on the host.
+
+        Embeddings and blocks below the cut; with LoRA only their adapters (the frozen
+        base is provisioned once, see ``device_base_state``).
+        """
         state = self.student.state_dict()
-        return {
-            name: state[name].detach().clone()
-            for name in device_param_names(self.student, cut_layer)
-        }
+        names = device_param_names(self.student, cut_layer, trainable_only=True)
+        return {name: to_host(state[name].detach()).clone() for name in names}
+
+    def device_base_state(self) -> dict[str, torch.Tensor]:
+        """The frozen base weights any cut may put on a device (LoRA only; else empty).
+
+        Plain keys (no peft names); everything below the last block, on the host.
+        """
+        if self.lora is None:
+            return {}
+        lower = device_param_names(self.student, num_layers(self.student) - 1)
+        wanted = {plain_key(name) for name in lower} - {None}
+        base = plain_state_dict(self.student, merge_adapters=False)
+        return {name: to_host(base[name]).contiguous() for name in sorted(wanted)}
 
     def begin_round(self, cut_layer: int) -> None:
         """Snapshot what the round may change, and build the server part at ``cut_layer``."""
         state = self.student.state_dict()
-        names = server_param_names(self.student, cut_layer)
+        names = server_param_names(self.student, cut_layer, trainable_only=True)
         self._snapshot = (
             {name: state[name].detach().clone() for name in names},
             copy.deepcopy(self.optimizer.state_dict()),
@@ -73,24 +104,30 @@ class SplitServer:
         return self.teacher.config.hidden_size, self.student.config.hidden_size
 
     def step(self, smashed: Smashed) -> ServerStepResult:
-        """One server step on one mini-batch of the round."""
+        """One server step on one mini-batch of the round (frames in host memory)."""
         if self._part is None:
             raise ModelError("SplitServer.step called outside a round")
-        return server_step(self._part, smashed, self.optimizer, self.loss_fn)
+        on_device = Smashed(
+            **{k: to_device(v, self.device) for k, v in smashed.tensors().items()}
+        )
+        result = server_step(
+            self._part, on_device, self.optimizer, self.loss_fn, self.autocast_dtype
+        )
+        result.grad_at_cut = to_host(result.grad_at_cut)
+        return result
 
     def commit(self, device_weights: Mapping[str, torch.Tensor]) -> None:
         """Load the device's updated weights into the global student and end the round.
 
         Raises ``ModelError`` (and changes nothing) if the weights are not exactly the
-        device side of the open round's cut with the right shapes, or hold NaN/inf.
+        trainable device side of the open round's cut with the right shapes, or hold
+        NaN/inf.
         """
         if self.cut_layer is None:
             raise ModelError("SplitServer.commit called outside a round")
         state = self.student.state_dict()
-        expected = {
-            name: state[name]
-            for name in device_param_names(self.student, self.cut_layer)
-        }
+        names = device_param_names(self.student, self.cut_layer, trainable_only=True)
+        expected = {name: state[name] for name in names}
         check_weights(
             expected, device_weights, f"device weights (cut {self.cut_layer})"
         )
@@ -109,6 +146,10 @@ class SplitServer:
                     state[name].copy_(tensor)
             self.optimizer.load_state_dict(optimizer_state)
         self._end_round()
+
+    def student_state(self) -> dict[str, torch.Tensor]:
+        """The whole student as a plain checkpoint (adapters merged), for saving/deploying."""
+        return plain_state_dict(self.student)
 
     def _end_round(self) -> None:
         self._part = None

@@ -22,6 +22,8 @@ from splitkd_flwr.core.errors import SplitKDError
 from splitkd_flwr.split.adapters import position_ids_from_mask
 from splitkd_flwr.split.loss import IGNORE_INDEX
 from splitkd_flwr.split.partition import DevicePart, ServerPart
+from splitkd_flwr.split.placement import module_device
+from splitkd_flwr.split.precision import autocast
 
 # loss_fn(student_logits (B,T,V), teacher_logits (B,T,V), labels (B,T)) -> the loss,
 # or a NamedTuple / mapping whose "loss" entry is it and whose other entries are terms.
@@ -78,9 +80,12 @@ def make_labels(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def device_forward(
-    device_part: DevicePart, input_ids: Tensor, attention_mask: Tensor
+    device_part: DevicePart,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Smashed, Tensor]:
-    """Run the device part on one mini-batch.
+    """Run the device part on one mini-batch (under autocast to ``autocast_dtype``, if any).
 
     Returns
     -------
@@ -89,7 +94,10 @@ def device_forward(
         ``(B, T, d_s)`` with its graph, to keep for ``device_backward``.
     """
     device_part.train()
-    teacher_embeds, hidden = device_part(input_ids, attention_mask)  # (B,T,dt) (B,T,ds)
+    with autocast(module_device(device_part), autocast_dtype):
+        teacher_embeds, hidden = device_part(
+            input_ids, attention_mask
+        )  # (B,T,dt) (B,T,ds)
     smashed = Smashed(
         teacher_embeds=teacher_embeds.detach(),
         student_hidden=hidden.detach(),
@@ -104,20 +112,24 @@ def server_step(
     smashed: Smashed,
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn,
+    autocast_dtype: torch.dtype | None = None,
 ) -> ServerStepResult:
     """Finish both models, step the server-side student, return the gradient at the cut.
 
     The teacher runs without a graph; ``optimizer`` holds the server-side student
-    parameters (``server_part.student_parameters()``).
+    parameters (``server_part.student_parameters()``). With ``autocast_dtype`` the
+    forward runs under autocast; the loss upcasts to fp32, backward runs outside it.
     """
     server_part.train()
     # A fresh leaf: the server's graph ends at the cut; its gradient is what goes back.
     hidden = smashed.student_hidden.detach().requires_grad_(True)  # (B, T, d_s)
-    # (B, T, V), (B, T, V)
-    student_logits, teacher_logits = server_part(
-        smashed.teacher_embeds, hidden, smashed.attention_mask
-    )
-    loss, terms = _unpack_loss(loss_fn(student_logits, teacher_logits, smashed.labels))
+    with autocast(hidden.device, autocast_dtype):
+        # (B, T, V), (B, T, V)
+        student_logits, teacher_logits = server_part(
+            smashed.teacher_embeds, hidden, smashed.attention_mask
+        )
+        out = loss_fn(student_logits, teacher_logits, smashed.labels)
+    loss, terms = _unpack_loss(out)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     _check_finite(loss, hidden.grad)
@@ -151,6 +163,7 @@ def reference_step(
     attention_mask: Tensor,
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn,
+    autocast_dtype: torch.dtype | None = None,
 ) -> StepResult:
     """Take the unsplit KD step on the whole models (what a split step must equal)."""
     teacher.eval()
@@ -163,10 +176,12 @@ def reference_step(
         "position_ids": position_ids,
         "use_cache": False,
     }
-    with torch.no_grad():
-        teacher_logits = teacher(**inputs).logits  # (B, T, V)
-    student_logits = student(**inputs).logits  # (B, T, V)
-    loss, terms = _unpack_loss(loss_fn(student_logits, teacher_logits, labels))
+    with autocast(input_ids.device, autocast_dtype):
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits  # (B, T, V)
+        student_logits = student(**inputs).logits  # (B, T, V)
+        out = loss_fn(student_logits, teacher_logits, labels)
+    loss, terms = _unpack_loss(out)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     _check_finite(loss)
