@@ -29,3 +29,12 @@ VEHICLE_PARTITIONERS: tuple[str, ...] = (
     "dirichlet",
     "column",
 )
+
+# Where a model runs (`server-device`, node `torch-device`): auto | cpu | cuda | cuda:N | mps.
+DEVICE_SPEC_PATTERN = r"^(auto|cpu|cuda|cuda:\d+|mps)$"
+# `teacher-dtype`: auto = bf16 on an accelerator that supports it, fp32 on the CPU.
+TEACHER_DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# `train-precision`: bf16-mixed = bf16 autocast over fp32 master weights and optimizer state.
+TRAIN_PRECISIONS: tuple[str, ...] = ("fp32", "bf16-mixed")
+# `teacher-device-map`: none = the whole teacher on server-device; auto = accelerate shards it.
+TEACHER_DEVICE_MAPS: tuple[str, ...] = ("none", "auto")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from splitkd_flwr.core.constants import (
+    DEVICE_SPEC_PATTERN,
     DIVERGENCES,
     MODES,
+    TEACHER_DEVICE_MAPS,
+    TEACHER_DTYPES,
+    TRAIN_PRECISIONS,
     VEHICLE_PARTITIONERS,
     WIRE_DTYPES,
 )
@@ -184,6 +189,40 @@ class RunConfig:
         "save a checkpoint (student, optimizer, round, RNG, metrics) every N rounds and after the last (0: never)",
         1,
     )
+    server_device: str = _help(
+        "where the teacher and the server's student part run: `auto` (first accelerator, "
+        "else CPU), `cpu`, `cuda`, `cuda:N`, `mps`",
+        "auto",
+    )
+    teacher_dtype: str = _help(
+        "teacher weights: `auto` (bf16 on an accelerator that has it, else fp32), "
+        "`fp32`, `bf16`, `fp16`; also the provisioned embedding table's dtype",
+        "auto",
+    )
+    train_precision: str = _help(
+        "`fp32` or `bf16-mixed` (bf16 autocast; fp32 master weights and optimizer state)",
+        "fp32",
+    )
+    lora_rank: int = _help(
+        "LoRA rank of the student's adapters (peft); 0 = full fine-tuning", 0
+    )
+    lora_alpha: float = _help(
+        "LoRA scale numerator: adapters add alpha/rank * BA", 16.0
+    )
+    lora_dropout: float = _help("dropout on the LoRA adapters' input", 0.0)
+    lora_targets: str = _help(
+        "comma-separated module names that get adapters (empty: attention and MLP "
+        "projections)",
+        "",
+    )
+    gradient_checkpointing: bool = _help(
+        "recompute student block activations in backward (both sides) to save memory",
+        False,
+    )
+    teacher_device_map: str = _help(
+        "`none` (teacher on server-device) or `auto` (accelerate shards it over the GPUs)",
+        "none",
+    )
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, allowed: str) -> None:
@@ -247,6 +286,36 @@ class RunConfig:
         )
         need(self.vehicle_dirichlet_alpha > 0, "vehicle-dirichlet-alpha", "> 0")
         need(self.checkpoint_every >= 0, "checkpoint-every", ">= 0")
+        need(
+            bool(re.match(DEVICE_SPEC_PATTERN, self.server_device)),
+            "server-device",
+            "auto, cpu, cuda, cuda:N or mps",
+        )
+        need(
+            self.teacher_dtype in TEACHER_DTYPES,
+            "teacher-dtype",
+            f"one of {TEACHER_DTYPES}",
+        )
+        need(
+            self.train_precision in TRAIN_PRECISIONS,
+            "train-precision",
+            f"one of {TRAIN_PRECISIONS}",
+        )
+        need(self.lora_rank >= 0, "lora-rank", ">= 0")
+        need(self.lora_alpha > 0, "lora-alpha", "> 0")
+        need(0.0 <= self.lora_dropout < 1.0, "lora-dropout", "in [0, 1)")
+        need(
+            self.teacher_device_map in TEACHER_DEVICE_MAPS,
+            "teacher-device-map",
+            f"one of {TEACHER_DEVICE_MAPS}",
+        )
+        need(
+            self.cluster_size <= 1
+            or (self.lora_rank == 0 and self.train_precision == "fp32"),
+            "cluster-size",
+            "1 with lora-rank > 0 or train-precision bf16-mixed (clustered rounds "
+            "train a plain fp32 student)",
+        )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

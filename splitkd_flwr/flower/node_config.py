@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitkd_flwr.core.constants import DEVICE_SPEC_PATTERN
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.default_models.prepare import default_cache_dir
 from splitkd_flwr.flower.vehicle_data import VehicleData
@@ -31,6 +33,7 @@ class NodeConfig:
     energy_budget_j: float | None = None
     # A user's text from the run config (simulation), used when data_path is empty
     vehicle_data: VehicleData | None = None
+    torch_device: str = "auto"  # where the device part runs: auto|cpu|cuda|cuda:N|mps
 
     @classmethod
     def from_node_config(
@@ -67,6 +70,10 @@ class NodeConfig:
         ):
             raise ConfigError(
                 f"energy-budget-j must be a number >= 0 (0: unlimited), got {budget!r}"
+        torch_device = str(node_config.get("torch-device", "auto"))
+        if not re.match(DEVICE_SPEC_PATTERN, torch_device):
+            raise ConfigError(
+                f"torch-device must be auto, cpu, cuda, cuda:N or mps, got {torch_device!r}"
             )
         return cls(
             partition_id=partition_id,
@@ -77,6 +84,7 @@ class NodeConfig:
             energy_meter=meter,
             energy_budget_j=float(budget) if budget > 0 else None,
             vehicle_data=VehicleData.from_run_config(run_config or {}),
+            torch_device=torch_device,
         )
 
 

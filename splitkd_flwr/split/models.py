@@ -29,6 +29,7 @@ def load_causal_lm(
     source: str | Path | PretrainedConfig | Mapping[str, Any],
     *,
     dtype: torch.dtype = torch.float32,
+    device_map: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM from a local directory or build a fresh one from a config.
 
@@ -40,6 +41,9 @@ def load_causal_lm(
         ``"model_type"`` key (the other keys go to that config class).
     dtype : torch.dtype
         Parameter dtype of the returned model.
+    device_map : str | None
+        ``"auto"``: accelerate places the blocks over the visible GPUs (then CPU) as
+        they fit, for a teacher larger than one GPU; only for a directory.
 
     Returns
     -------
@@ -63,7 +67,7 @@ def load_causal_lm(
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         check_model_type(config.model_type)
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, local_files_only=True
+            path, dtype=dtype, local_files_only=True, device_map=device_map
         )
     config = _config_from(source)
     check_model_type(config.model_type)

@@ -12,10 +12,10 @@ import re
 import torch
 from torch import nn
 
+from splitkd_flwr.core.constants import DEVICE_SPEC_PATTERN
 from splitkd_flwr.core.errors import ConfigError
 
-# auto | cpu | cuda | cuda:N | mps
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+DEVICE_PATTERN = re.compile(DEVICE_SPEC_PATTERN)
 
 
 def check_device_spec(spec: str, key: str) -> str:

@@ -12,11 +12,10 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
+from splitkd_flwr.core.constants import TEACHER_DTYPES, TRAIN_PRECISIONS
 from splitkd_flwr.core.errors import ConfigError
-
-TEACHER_DTYPES = ("auto", "fp32", "bf16", "fp16")
-TRAIN_PRECISIONS = ("fp32", "bf16-mixed")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,3 +52,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def student_base_dtype(lora: bool, precision: str) -> torch.dtype:
+    """The student's stored dtype: bf16 for a frozen LoRA base under bf16-mixed, else fp32.
+
+    Trained weights are the fp32 master copy; a LoRA base never trains, so under
+    ``bf16-mixed`` it is kept in bf16 (what autocast would cast it to anyway).
+    """
+    return torch.bfloat16 if lora and autocast_dtype(precision) else torch.float32
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each student block's activations in backward instead of storing them.
+
+    Non-reentrant checkpointing: it works when a block's input needs no grad (a frozen
+    LoRA base below the first adapter) and with blocks called one by one by a segment.
+    """
+    model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )

@@ -10,7 +10,6 @@ import time
 
 import torch
 from flwr.app import (
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -28,8 +27,20 @@ from splitkd_flwr.flower.device_data import (
 from splitkd_flwr.flower.node_config import NodeConfig
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.evaluate import evaluate_lm
-from splitkd_flwr.split.partition import DevicePart, build_device_student
+from splitkd_flwr.split.lora import LoraSpec, add_lora
+from splitkd_flwr.split.partition import (
+    DevicePart,
+    build_device_student,
+    device_param_names,
+)
+from splitkd_flwr.split.placement import resolve_device
+from splitkd_flwr.split.precision import (
+    autocast_dtype,
+    enable_gradient_checkpointing,
+    student_base_dtype,
+)
 from splitkd_flwr.split_kd import assets, protocol
+from splitkd_flwr.split_kd.arrays import from_record, to_record
 from splitkd_flwr.split_kd.dataplane import run_device_round
 from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
 
@@ -68,14 +79,8 @@ def train(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_node_config(context.node_config, context.run_config)
     plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
     torch.manual_seed(plan.seed)
-    # Only the embeddings and blocks below the cut take memory; the rest stays on "meta".
-    student = build_device_student(_student_config(node), plan.cut_layer)
-    device_part = DevicePart.from_parts(
-        assets.load_teacher_embedding(node.cache_dir), student, plan.cut_layer
-    )
-    # The one check of the received names, shapes and values is in load_student_state_dict.
-    device_part.student.load_student_state_dict(
-        msg.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+    device_part = _device_part(
+        node, plan, from_record(msg.content[protocol.DEVICE_WEIGHTS])
     )
     optimizer = torch.optim.AdamW(device_part.student_parameters(), lr=plan.device_lr)
     batches = device_batches(node, load_device_tokenizer(node), plan)
@@ -92,14 +97,21 @@ def train(msg: Message, context: Context) -> Message:
             # The meter sees the whole round (compute and waits for the server): a sampler
             # cannot be started per mini-batch without costing more than it measures.
             with monitor.measure("device-round"):
-                figures = run_device_round(session, device_part, batches, optimizer)
+                figures = run_device_round(
+                    session,
+                    device_part,
+                    batches,
+                    optimizer,
+                    autocast_dtype(plan.train_precision),
+                )
         energy = monitor.metrics()
-    updated = device_part.student.student_state_dict()
+    # With LoRA only the adapters changed, and only they go back.
+    updated = device_part.student.student_state_dict(trainable_only=True)
     metrics = MetricRecord(
         {**figures, **energy, "measured-device-round-s": time.perf_counter() - started}
     )
     content = RecordDict(
-        {protocol.DEVICE_WEIGHTS: ArrayRecord(updated), protocol.METRICS: metrics}
+        {protocol.DEVICE_WEIGHTS: to_record(updated), protocol.METRICS: metrics}
     )
     return Message(content, reply_to=msg)
 
@@ -108,8 +120,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Keep the distilled student (deployment) and report how it does on local data."""
     node = NodeConfig.from_node_config(context.node_config, context.run_config)
     student = _load_student(node)
-    student.load_state_dict(msg.content[protocol.STUDENT].to_torch_state_dict())
+    student.load_state_dict(from_record(msg.content[protocol.STUDENT]))
     student.save_pretrained(node.cache_dir / "deployed-student")
+    # Evaluation runs where the device's model runs.
+    student.to(resolve_device(node.torch_device, "torch-device"))
     tokenizer = load_device_tokenizer(node)
     eval_config = msg.content[protocol.EVAL_CONFIG]
     batches = device_eval_batches(
@@ -117,6 +131,38 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     metrics = {k: float(v) for k, v in evaluate_lm(student, batches).items()}
     return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _device_part(
+    node: NodeConfig, plan: protocol.RoundPlan, received: dict[str, torch.Tensor]
+) -> DevicePart:
+    """The device side of the round's student on ``torch-device``, holding the server's
+    weights (for LoRA: the provisioned frozen base, then the received adapters)."""
+    device = resolve_device(node.torch_device, "torch-device")
+    lora = LoraSpec.from_keys(
+        plan.lora_rank, plan.lora_alpha, plan.lora_dropout, plan.lora_targets
+    )
+    # Only the embeddings and blocks below the cut take memory; the rest stays on "meta".
+    student = build_device_student(
+        _student_config(node),
+        plan.cut_layer,
+        dtype=student_base_dtype(lora is not None, plan.train_precision),
+        device=device,
+    )
+    table = assets.load_teacher_embedding(node.cache_dir).to(device)
+    device_part = DevicePart.from_parts(table, student, plan.cut_layer)
+    # The one check of the received names, shapes and values is in load_student_state_dict.
+    if lora is None:
+        device_part.student.load_student_state_dict(received)
+    else:
+        names = device_param_names(student, plan.cut_layer)
+        base = assets.load_student_base(node.cache_dir, names)
+        device_part.student.load_student_state_dict(base)
+        add_lora(student, lora)
+        device_part.student.load_student_state_dict(received, trainable_only=True)
+    if plan.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    return device_part
 
 
 def _student_config(node: NodeConfig) -> PretrainedConfig:

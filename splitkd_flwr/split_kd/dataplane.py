@@ -18,6 +18,7 @@ from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.cluster import ClusterServer
 from splitkd_flwr.split.partition import DevicePart
+from splitkd_flwr.split.placement import module_device, to_device, to_host
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import Smashed, device_backward, device_forward
 from splitkd_flwr.transport.frame import Dim
@@ -231,22 +232,30 @@ def run_device_round(
     device_part: DevicePart,
     batches: Iterable[Mapping[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """The device's side of a round: per mini-batch, forward, exchange, backward, step.
 
-    Returns the device's measured figures (compute and exchange wall time, batches).
+    The part runs where its weights are (a Jetson's CUDA); frames leave and arrive in
+    host memory. Returns the device's measured figures (compute and exchange wall time,
+    batches).
     """
+    device = module_device(device_part)
     compute_s = exchange_s = 0.0
     batches_done = 0
     for batch in batches:
         started = time.perf_counter()
         smashed, hidden = device_forward(
-            device_part, batch["input_ids"], batch["attention_mask"]
+            device_part,
+            to_device(batch["input_ids"], device),
+            to_device(batch["attention_mask"], device),
+            autocast_dtype,
         )
+        frame = Frame({k: to_host(v) for k, v in smashed.tensors().items()})
         sent = time.perf_counter()
-        reply = session.exchange(Frame(smashed.tensors()))
+        reply = session.exchange(frame)
         received = time.perf_counter()
-        grad = reply[GRAD]
+        grad = to_device(reply[GRAD], device)
         if grad.shape != hidden.shape:
             raise TransportError(
                 f"gradient frame has shape {tuple(grad.shape)}, expected {tuple(hidden.shape)}"

@@ -29,6 +29,8 @@ class NodeRegistry:
     def __init__(self, assets: DeviceAssets) -> None:
         self.assets = assets
         self._nodes: dict[int, _Node] = {}
+        # devices provisioned so far (a round's metrics report the ones it provisioned)
+        self.provisioned = 0
 
     def ready(self) -> list[DeviceState]:
         """Connected devices holding the current assets, in node-id order."""
@@ -91,3 +93,4 @@ class NodeRegistry:
                 self._nodes.pop(node_id, None)  # profiled and provisioned afresh later
             else:
                 self._nodes[node_id].assets_key = self.assets.key
+                self.provisioned += 1

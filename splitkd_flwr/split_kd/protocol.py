@@ -51,3 +51,9 @@ class RoundPlan(PlanRecord):
     frame_timeout_s: float
     seed: int
     tls_root_cert: str  # PEM the device trusts for the data plane ("" = no TLS)
+    train_precision: str  # "fp32" or "bf16-mixed"
+    gradient_checkpointing: bool
+    lora_rank: int  # 0: full fine-tuning; else device-weights are the adapters only
+    lora_alpha: float
+    lora_dropout: float
+    lora_targets: str  # comma-separated; "" = the family's default projections

@@ -16,7 +16,6 @@ from splitkd_flwr.simulation.planning import load_planner
 from splitkd_flwr.simulation.selection import load_selector
 from splitkd_flwr.split.cluster import ClusterServer
 from splitkd_flwr.split.evaluate import evaluate_lm
-from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split_kd.cluster import ClusterSplitKD, cluster_parts
 from splitkd_flwr.split_kd.dataplane import DataPlane
 from splitkd_flwr.split_kd.strategy import SplitKD
@@ -39,9 +38,12 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
     strategy, extra = SplitKD, {}
     if clustered:
         strategy, extra = ClusterSplitKD, cluster_parts(config, workspace)
-    server = (ClusterServer if clustered else SplitServer)(
-        workspace.teacher, workspace.student, workspace.loss_fn(), config.server_lr
-    )
+        # No LoRA or bf16-mixed here: the run config refuses them with cluster-size > 1.
+        server = ClusterServer(
+            workspace.teacher, workspace.student, workspace.loss_fn(), config.server_lr
+        )
+    else:
+        server = workspace.split_server()
     eval_batches = workspace.eval_batches()
     teacher_eval = evaluate_lm(workspace.teacher, eval_batches)
     logger.info("teacher: held-out perplexity %.2f", teacher_eval["perplexity"])
@@ -81,7 +83,9 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
                 delay_bound_s=config.delay_bound_s or None,
                 **workspace.planner_options(),
             ),
-            assets=workspace.device_assets(),
+            assets=workspace.device_assets(
+                None if clustered else server.device_base_state()
+            ),
             evaluate_fn=lambda: evaluate_lm(
                 server.student, eval_batches, workspace.teacher
             ),

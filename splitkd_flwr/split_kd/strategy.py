@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from transformers import PreTrainedTokenizerBase
 
@@ -23,6 +23,7 @@ from splitkd_flwr.simulation.planning import Plan, Planner
 from splitkd_flwr.simulation.selection import Selector
 from splitkd_flwr.split.server import SplitServer, load_server_state, server_state
 from splitkd_flwr.split_kd import protocol
+from splitkd_flwr.split_kd.arrays import from_record, state_bytes, to_record
 from splitkd_flwr.split_kd.assets import DeviceAssets
 from splitkd_flwr.split_kd.dataplane import DataPlane, RoundInProgress
 from splitkd_flwr.split_kd.nodes import NodeRegistry
@@ -55,7 +56,9 @@ class SplitKD(RoundStrategy):
       ``assets-key``}; ``query.provision`` sends ``assets`` + ``teacher-embedding`` to a device
       whose ``assets-key`` differs from the server's.
     - ``train`` carries ``plan`` (a :class:`~splitkd_flwr.split_kd.protocol.RoundPlan`) and
-      ``device-weights`` (student tensors of the layers below the cut, embeddings included).
+      ``device-weights`` (student tensors of the layers below the cut, embeddings included;
+      with ``lora-rank`` > 0 only their LoRA adapters, the frozen base having been
+      provisioned). Round metrics ``weights-bytes-down`` / ``weights-bytes-up`` count them.
       Inside its handler the device streams one frame per mini-batch to the data plane
       (``plan.address``, ``plan.token``) and finally replies ``device-weights`` (updated) and
       ``metrics``.
@@ -94,6 +97,7 @@ class SplitKD(RoundStrategy):
         self.link_fn = link_fn
         self.monitor = monitor or HardwareMonitor.from_config("none", "none")
         self.nodes = NodeRegistry(assets)
+        self._provisioned_reported = 0
         # node -> (modelled device J, rounds): what energy-aware selectors read.
         self.usage: dict[int, tuple[float, int]] = {}
         # partition id -> usage from a checkpoint, moved into usage when the node shows.
@@ -142,12 +146,11 @@ class SplitKD(RoundStrategy):
             max_seq_len=self.config.seq_len,
         )
         round_plan = self._round_plan(server_round, plan.cut_layer, token)
+        device_state = self.server.device_state(plan.cut_layer)
         content = RecordDict(
             {
                 protocol.PLAN: round_plan.to_record(),
-                protocol.DEVICE_WEIGHTS: ArrayRecord(
-                    self.server.device_state(plan.cut_layer)
-                ),
+                protocol.DEVICE_WEIGHTS: to_record(device_state),
             }
         )
         message = Message(
@@ -156,7 +159,10 @@ class SplitKD(RoundStrategy):
         return SplitRound(
             server_round,
             [message],
-            _describe(device, plan),
+            {
+                **_describe(device, plan),
+                "weights-bytes-down": state_bytes(device_state),
+            },
             device=device,
             plan=plan,
             stream=stream,
@@ -180,6 +186,12 @@ class SplitKD(RoundStrategy):
             frame_timeout_s=c.frame_timeout_s,
             seed=c.seed + server_round,
             tls_root_cert=self.data_plane.root_cert_pem,
+            train_precision=c.train_precision,
+            gradient_checkpointing=c.gradient_checkpointing,
+            lora_rank=c.lora_rank,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            lora_targets=c.lora_targets,
         )
 
     def collect_replies(
@@ -210,9 +222,10 @@ class SplitKD(RoundStrategy):
             reply = replies[0]
             if reply.has_error():
                 raise RoundFailedError(f"the device reported: {reply.error.reason}")
-            weights = reply.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+            weights = from_record(reply.content[protocol.DEVICE_WEIGHTS])
             device_metrics = dict(reply.content[protocol.METRICS])
             self.server.commit(weights)
+            device_metrics["weights-bytes-up"] = state_bytes(weights)
         except (SplitKDError, KeyError, TypeError, ValueError) as err:
             # A malformed reply (missing record, wrong types) is the device's fault, not
             # the run's: the loop rolls the round back and goes on.
@@ -240,6 +253,12 @@ class SplitKD(RoundStrategy):
     def round_figures(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Measured server energy and clock, and the control plane's share of the round."""
         figures = dict(self.monitor.metrics())
+        provisioned = self.nodes.provisioned - self._provisioned_reported
+        if provisioned:
+            # What provisioning sent each new device this round (once per device).
+            figures["provisioned-devices"] = provisioned
+            figures.update(self.nodes.assets.sizes_bytes)
+            self._provisioned_reported = self.nodes.provisioned
         if "measured-device-round-s" in record:
             # What the round cost beyond the device's own handler: the Flower message
             # both ways (and, in simulation, scheduling the ClientApp actor).
@@ -277,7 +296,10 @@ class SplitKD(RoundStrategy):
     ) -> dict[str, Any]:
         """Save the student, deploy it to every device, summarise the run."""
         student_dir = output_dir / "student"
-        self.server.student.save_pretrained(student_dir)
+        # Adapters merged: a plain checkpoint that loads without peft.
+        self.server.student.save_pretrained(
+            student_dir, state_dict=self.server.student_state()
+        )
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(student_dir)
         initial, final = records[0], records[-1]
@@ -304,7 +326,7 @@ class SplitKD(RoundStrategy):
         )
         content = RecordDict(
             {
-                protocol.STUDENT: ArrayRecord(self.server.student.state_dict()),
+                protocol.STUDENT: to_record(self.server.student_state()),
                 protocol.EVAL_CONFIG: eval_config,
             }
         )

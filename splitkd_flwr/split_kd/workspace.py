@@ -14,8 +14,17 @@ from splitkd_flwr.data.tokenizer import load_tokenizer
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.run import held_out_batches, resolve_models
 from splitkd_flwr.simulation.scenario import Scenario, ScenarioConfig
+from splitkd_flwr.split.lora import LoraSpec
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.models import check_pair, load_causal_lm, num_layers
+from splitkd_flwr.split.placement import resolve_device
+from splitkd_flwr.split.precision import (
+    autocast_dtype,
+    enable_gradient_checkpointing,
+    student_base_dtype,
+    teacher_dtype,
+)
+from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split_kd.assets import DeviceAssets
 
 
@@ -30,13 +39,47 @@ class Workspace:
 
     @classmethod
     def load(cls, config: RunConfig) -> Workspace:
-        """Load teacher, student and tokenizer (the teacher's directory holds the tokenizer)."""
+        """Load teacher, student and tokenizer (the teacher's directory holds the tokenizer).
+
+        Both models are placed on ``server-device`` (the teacher sharded by accelerate
+        with ``teacher-device-map = auto``) in their configured dtypes.
+        """
         teacher_dir, student_dir, tokenizer_dir = resolve_models(config)
-        teacher = load_causal_lm(teacher_dir)
-        student = load_causal_lm(student_dir)
+        device = resolve_device(config.server_device, "server-device")
+        sharded = config.teacher_device_map == "auto"
+        teacher = load_causal_lm(
+            teacher_dir,
+            dtype=teacher_dtype(config.teacher_dtype, device),
+            device_map="auto" if sharded else None,
+        )
+        if not sharded:
+            teacher.to(device)
+        lora = config.lora_rank > 0
+        base_dtype = student_base_dtype(lora, config.train_precision)
+        student = load_causal_lm(student_dir, dtype=base_dtype).to(device)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(student)
         tokenizer = load_tokenizer(tokenizer_dir)
         check_pair(teacher, student)
         return cls(config, teacher, student, tokenizer)
+
+    def lora_spec(self) -> LoraSpec | None:
+        """The student's LoRA recipe (None: full fine-tuning)."""
+        c = self.config
+        return LoraSpec.from_keys(
+            c.lora_rank, c.lora_alpha, c.lora_dropout, c.lora_targets
+        )
+
+    def split_server(self) -> SplitServer:
+        """The server's side of the run: global student (LoRA if configured), teacher."""
+        return SplitServer(
+            self.teacher,
+            self.student,
+            self.loss_fn(),
+            self.config.server_lr,
+            lora=self.lora_spec(),
+            autocast_dtype=autocast_dtype(self.config.train_precision),
+        )
 
     def loss_fn(self) -> KDLoss:
         """The KD loss the run config describes."""
@@ -73,12 +116,17 @@ class Workspace:
             else self.teacher.config.to_dict(),
         )
 
-    def device_assets(self) -> DeviceAssets:
-        """What devices are provisioned with: student config, tokenizer, teacher embedding."""
+    def device_assets(
+        self, student_base: dict[str, torch.Tensor] | None = None
+    ) -> DeviceAssets:
+        """What devices are provisioned with: student config, tokenizer, teacher embedding
+        (in the teacher's dtype) and, for LoRA, the student's frozen base weights
+        (``SplitServer.device_base_state``)."""
         return DeviceAssets.pack(
             self.student.config.to_json_string(),
             self.tokenizer,
             self.teacher.get_input_embeddings().weight,
+            student_base,
         )
 
     def scenario(self) -> Scenario | None:
