@@ -40,6 +40,18 @@ def plan(
         int, typer.Option(help="wire and weight bytes (2 bf16, 4 fp32)")
     ] = 2,
     fleet: Annotated[str, typer.Option(help="fleet TOML ('' = paper Table II)")] = "",
+    lora_rank: Annotated[
+        int, typer.Option(help="student LoRA rank (0: full fine-tuning)")
+    ] = 0,
+    bf16_mixed: Annotated[
+        bool, typer.Option("--bf16-mixed/--fp32", help="training precision")
+    ] = False,
+    teacher_bytes: Annotated[
+        int, typer.Option(help="teacher bytes per weight (2 bf16, 4 fp32)")
+    ] = 2,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="student gradient checkpointing")
+    ] = False,
 ) -> None:
     """Print the energy-optimal plan and the server-only / device-only baselines for one round."""
     from splitkd_flwr.core.types import DeviceState, Workload
@@ -80,6 +92,10 @@ def plan(
             batches_per_round,
             bytes_per_element,
             bytes_per_element,
+            lora_rank=lora_rank,
+            mixed_precision=bf16_mixed,
+            teacher_bytes_per_element=teacher_bytes,
+            gradient_checkpointing=gradient_checkpointing,
         )
         plans = {
             cls.__name__: cls(workload, delay_bound_s=delay_bound_s, fleet=fleet_).plan(
@@ -115,3 +131,34 @@ def plan(
     for label, cell in rows:
         table.add_row(label, *(cell(p) for p in plans.values()))
     console.print(table)
+    console.print(_memory_table(workload, profile, server))
+
+
+def _memory_table(workload, profile, server):  # noqa: ANN001, ANN202 - rich Table
+    """Modelled memory (GB) of each side per cut, and whether it fits."""
+    from splitkd_flwr.simulation.memory import GB, MemoryModel, fits
+
+    memory = MemoryModel(workload)
+    device, server_side = memory.device().total, memory.server().total
+    fits_d = fits(device, profile.memory_bytes)
+    fits_s = fits(server_side, server.memory_bytes)
+    table = Table(
+        "cut",
+        f"device GB ({profile.memory_bytes / GB:.0f} GB)",
+        "fits",
+        f"server GB ({server.memory_bytes / GB:.0f} GB)",
+        "fits",
+        "weights MB / round",
+        title="modelled memory per side (weights, grads, AdamW, activations, teacher)",
+    )
+    per_round = memory.weights_bytes_per_round()
+    for i, cut in enumerate(memory.cuts):
+        table.add_row(
+            str(cut),
+            f"{device[i] / GB:.2f}",
+            "yes" if fits_d[i] else "NO",
+            f"{server_side[i] / GB:.2f}",
+            "yes" if fits_s[i] else "NO",
+            f"{per_round[i] / 1e6:.1f}",
+        )
+    return table

@@ -40,3 +40,9 @@ class Workload:
     student_config: dict = field(default_factory=dict)
     # HF config of the (modelled) teacher
     teacher_config: dict = field(default_factory=dict)
+    # What the memory model sizes (simulation/memory.py): LoRA rank (0 = full
+    # fine-tuning), bf16-mixed training, teacher bytes per weight, checkpointing.
+    lora_rank: int = 0
+    mixed_precision: bool = False
+    teacher_bytes_per_element: int = 4
+    gradient_checkpointing: bool = False

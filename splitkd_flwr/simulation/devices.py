@@ -34,6 +34,9 @@ class DeviceProfile:
     )
     utilisation: float = 0.4  # eta: achieved / peak FP32 throughput in training
     clock_steps_hz: tuple[float, ...] = ()  # DVFS steps, ascending; () -> (clock_hz,)
+    memory_bytes: float = (
+        0.0  # GPU-usable memory (Jetson: the shared DRAM); 0 = unknown
+    )
 
     def __post_init__(self) -> None:
         checks = {
@@ -51,6 +54,8 @@ class DeviceProfile:
             raise ConfigError(
                 f"profile {self.name!r}: utilisation must be in (0, 1], got {self.utilisation}"
             )
+        if self.memory_bytes < 0:
+            raise ConfigError(f"profile {self.name!r}: memory_bytes must be >= 0")
         if self.static_power_w < 0 or self.tx_power_w < 0:
             raise ConfigError(f"profile {self.name!r}: powers must be >= 0")
         steps = tuple(sorted(float(s) for s in self.clock_steps_hz)) or (
@@ -89,6 +94,11 @@ def _steps(low_hz: float, high_hz: float, step_hz: float) -> tuple[float, ...]:
 # tx_power_w [assumed]: UE 23 dBm = 0.2 W; base station 35 dBm = 3.16 W (TR 38.901 calibration
 # value at 30 GHz). Server steps [assumed]: NVML-style 15 MHz steps from 210 MHz; Jetson
 # steps [assumed]: 102 MHz devfreq spacing from 306 MHz.
+# memory_bytes [assumed variant, by the GPU clock Table II gives]: AGX Orin 1.3 GHz = the
+# 64 GB module (its GPU tops out at 1.3 GHz); AGX Orin 1.0 GHz = the 32 GB module (930 MHz
+# max, the closest); Orin NX 0.91 GHz = 16 GB (918 MHz max); Orin NX 0.76 GHz = 8 GB
+# (765 MHz max); AGX Xavier = 32 GB; RTX 4090 = 24 GB GDDR6X. Jetson memory is shared
+# with the CPU and OS; the memory model's headroom leaves room for them.
 DEFAULT_PROFILES: dict[str, DeviceProfile] = {
     p.name: p
     for p in (
@@ -101,6 +111,7 @@ DEFAULT_PROFILES: dict[str, DeviceProfile] = {
             30.0,
             3.16,
             clock_steps_hz=_steps(210e6, 2.52e9, 15e6),
+            memory_bytes=24e9,
         ),
         DeviceProfile(
             "agx-orin-1.3",
@@ -111,6 +122,7 @@ DEFAULT_PROFILES: dict[str, DeviceProfile] = {
             7.5,
             0.2,
             clock_steps_hz=_steps(306e6, 1.3e9, 102e6),
+            memory_bytes=64e9,
         ),
         DeviceProfile(
             "agx-orin-1.0",
@@ -121,6 +133,7 @@ DEFAULT_PROFILES: dict[str, DeviceProfile] = {
             7.5,
             0.2,
             clock_steps_hz=_steps(306e6, 1.0e9, 102e6),
+            memory_bytes=32e9,
         ),
         DeviceProfile(
             "orin-nx-0.91",
@@ -131,6 +144,7 @@ DEFAULT_PROFILES: dict[str, DeviceProfile] = {
             5.0,
             0.2,
             clock_steps_hz=_steps(306e6, 0.91e9, 102e6),
+            memory_bytes=16e9,
         ),
         DeviceProfile(
             "orin-nx-0.76",
@@ -141,6 +155,7 @@ DEFAULT_PROFILES: dict[str, DeviceProfile] = {
             5.0,
             0.2,
             clock_steps_hz=_steps(306e6, 0.76e9, 102e6),
+            memory_bytes=8e9,
         ),
         DeviceProfile(
             "agx-xavier-1.2",
@@ -151,6 +166,7 @@ DEFAULT_PROFILES: dict[str, DeviceProfile] = {
             5.0,
             0.2,
             clock_steps_hz=_steps(306e6, 1.2e9, 102e6),
+            memory_bytes=32e9,
         ),
     )
 }

@@ -15,7 +15,8 @@ from splitkd_flwr.core.components import load_component
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.core.types import DeviceState, Workload
 from splitkd_flwr.simulation.cost import CostModel, DeviceArrays, RoundCost
-from splitkd_flwr.simulation.devices import Fleet, load_fleet
+from splitkd_flwr.simulation.devices import DeviceProfile, Fleet, load_fleet
+from splitkd_flwr.simulation.memory import GB, MEMORY_HEADROOM, MemoryModel, fits
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,48 @@ class ModelledPlanner(Planner):
         self.server = self.fleet.server_profile
         self.cost = CostModel(workload, self.server, attention_factor)
         self.clock_steps_hz = np.asarray(self.server.clock_steps_hz)  # (K,) ascending
+        self._init_memory(workload)
+
+    def _init_memory(self, workload: Workload) -> None:
+        """Size each side per cut (memory model); the server's fit masks cuts for all."""
+        memory = MemoryModel(workload)
+        self.device_memory_bytes = memory.device().total  # (C,)
+        self.server_memory_bytes = memory.server().total  # (C,)
+        self.server_fits = fits(self.server_memory_bytes, self.server.memory_bytes)
+        if not self.server_fits.any():
+            # Nothing to choose between: plan as if it fit, but say so once.
+            logger.warning(
+                "the modelled server (%s, %.0f GB) fits no cut: it needs %.1f GB at "
+                "least; consider lora-rank, teacher-dtype bf16, train-precision "
+                "bf16-mixed",
+                self.server.name,
+                self.server.memory_bytes / GB,
+                self.server_memory_bytes.min() / GB,
+            )
+            self.server_fits = np.ones_like(self.server_fits)
+
+    def cut_fits(self, profile: DeviceProfile) -> np.ndarray:
+        """(C,) whether each cut fits ``profile``'s memory and the server's."""
+        device = fits(self.device_memory_bytes, profile.memory_bytes)
+        return device & self.server_fits
+
+    def why_not(self, profile: DeviceProfile, cut_layer: int) -> str:
+        """Why ``cut_layer`` does not fit (memory per side), or "" when it does."""
+        i = cut_layer - 1
+        need_d, need_s = self.device_memory_bytes[i], self.server_memory_bytes[i]
+        reasons = []
+        if not fits(need_d, profile.memory_bytes):
+            reasons.append(
+                f"the device side needs {need_d / GB:.1f} GB but {profile.name} "
+                f"({profile.hardware}, {profile.memory_bytes / GB:.0f} GB) has "
+                f"{MEMORY_HEADROOM * profile.memory_bytes / GB:.1f} GB usable"
+            )
+        if not self.server_fits[i]:
+            reasons.append(
+                f"the server side needs {need_s / GB:.1f} GB but {self.server.name} "
+                f"has {MEMORY_HEADROOM * self.server.memory_bytes / GB:.1f} GB usable"
+            )
+        return "; ".join(reasons)
 
     def _links(
         self, devices: Sequence[DeviceState]
@@ -138,6 +181,10 @@ class Fixed(ModelledPlanner):
 
     def plan(self, device: DeviceState, server_round: int) -> Plan:
         """Return the fixed cut (modelled when the device's link is known)."""
+        profile = self.fleet.profiles.get(device.profile_name)
+        why = self.why_not(profile, self.cut_layer) if profile else ""
+        if why:
+            raise ConfigError(f"cut-layer {self.cut_layer} does not fit: {why}")
         if device.uplink_bps is None or device.downlink_bps is None:
             return Plan(cut_layer=self.cut_layer)
         return self._fixed_cut(device, self.cut_layer, None)
@@ -213,7 +260,9 @@ class EnergyOptimal(ModelledPlanner):
             steps[np.clip(cand, 0, len(steps) - 1)],
             np.arange(cost.num_cuts)[None, :, None],
         )
-        ok = valid & (grid.delay_s <= bound[..., None])
+        profiles = [self.fleet.profile(d.profile_name) for d in devices]
+        fit = np.stack([self.cut_fits(p) for p in profiles])  # (D, C)
+        ok = valid & (grid.delay_s <= bound[..., None]) & fit[..., None]
         # (D, C*3)
         energy = np.where(ok, grid.energy_j, np.inf).reshape(len(devices), -1)
         best = energy.argmin(axis=1)
@@ -225,8 +274,18 @@ class EnergyOptimal(ModelledPlanner):
                     self._to_plan(grid, (d, int(cut_index), int(candidate)), True)
                 )
                 continue
-            # The top clock is the fastest: the least-delay plan is the best cut there.
-            cut = int(np.argmin(base.delay_s[d, :, _TOP]))
+            # The top clock is the fastest: the least-delay plan is the best cut there,
+            # among the cuts that fit (the least memory-hungry one if none does).
+            if fit[d].any():
+                cut = int(np.argmin(np.where(fit[d], base.delay_s[d, :, _TOP], np.inf)))
+            else:
+                cut = int(np.argmin(self.device_memory_bytes))
+                logger.warning(
+                    "round %s: no cut fits node %s: %s",
+                    server_round,
+                    state.node_id,
+                    self.why_not(profiles[d], cut + 1),
+                )
             if warn:
                 logger.warning(
                     "round %s: no plan for node %s meets the delay bound %.3g s; least "

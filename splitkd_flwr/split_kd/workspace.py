@@ -114,6 +114,13 @@ class Workspace:
             teacher_config={}
             if c.scenario == "paper"
             else self.teacher.config.to_dict(),
+            lora_rank=c.lora_rank,
+            mixed_precision=c.train_precision == "bf16-mixed",
+            # The paper's server is a GPU, where teacher-dtype auto means bf16.
+            teacher_bytes_per_element=2
+            if c.scenario == "paper" and c.teacher_dtype == "auto"
+            else self.teacher.dtype.itemsize,
+            gradient_checkpointing=c.gradient_checkpointing,
         )
 
     def device_assets(

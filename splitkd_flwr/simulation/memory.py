@@ -1,0 +1,182 @@
+"""Memory of one split-KD step per side and per cut: weights, gradients, optimizer, activations.
+
+Beside the cost model (:mod:`splitkd_flwr.simulation.cost`, time and energy), this model
+sizes what each side must hold for a cut, so that planners never choose a cut that does
+not fit a device or the server. numpy only; every figure is in bytes.
+
+What is counted (per side, for the student blocks it runs):
+
+- weights: trained ones as fp32 master copies (4 B); a frozen LoRA base in bf16 (2 B)
+  under ``bf16-mixed``, else fp32; with full fine-tuning under ``bf16-mixed``, autocast
+  also caches a bf16 copy (2 B) of every matrix for the step;
+- gradients (4 B) and AdamW's two moments (8 B) of the trained parameters only;
+- activations saved for backward, per token and block (Llama block, see
+  ``ACTIVATION_ELEMENTS``), at 2 B under bf16 autocast and 4 B otherwise; with gradient
+  checkpointing only each block's input plus one block's worth;
+- the device: the teacher's input-embedding table (V x d_t at the teacher's bytes);
+- the server: the whole frozen teacher, its forward's working set (one block and its
+  logits) and the loss's logits (``LOGIT_COPIES`` fp32-sized copies of B x T x V).
+
+Not counted: the framework's own footprint (CUDA context, allocator slack), which the
+planner's ``MEMORY_HEADROOM`` leaves room for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitkd_flwr.core.types import Workload
+from splitkd_flwr.simulation.cost import LLAMA_3_1_8B, LLAMA_3_2_1B, ModelShape
+
+GB = 1e9
+# Usable share of a profile's memory: the OS (Jetson memory is shared with the CPU), the
+# CUDA context and allocator fragmentation take the rest.
+MEMORY_HEADROOM = 0.9
+# Tensors a Llama block keeps for backward, in units of (d, d_kv, d_ff) per token: the two
+# norms' inputs and outputs (4 d), q/k/v after rotary (d + 2 d_kv), attention output (d),
+# gate, up, SiLU(gate) and their product (4 d_ff).
+ACTIVATION_ELEMENTS = (6, 2, 4)
+# Copies of the (B, T, V) logits the KD loss and its backward hold at once, fp32-sized:
+# student logits, their fp32 log-softmax, teacher log-softmax, the gradient.
+LOGIT_COPIES = 4
+FP32_BYTES, HALF_BYTES, ADAMW_MOMENTS = 4, 2, 2
+LORA_TARGETS_PER_BLOCK = 7  # q, k, v, o, gate, up, down
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """One side's memory for one cut (bytes; arrays broadcast over cuts)."""
+
+    weights: np.ndarray
+    gradients: np.ndarray
+    optimizer: np.ndarray
+    activations: np.ndarray
+    teacher: np.ndarray  # device: the embedding table; server: the whole teacher
+
+    @property
+    def total(self) -> np.ndarray:
+        """Everything at the step's peak."""
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.teacher
+        )
+
+    def row(self, index: int) -> dict[str, float]:
+        """The figures of one cut (its index), for tables and plans."""
+        return {
+            "weights": float(self.weights[index]),
+            "gradients": float(self.gradients[index]),
+            "optimizer": float(self.optimizer[index]),
+            "activations": float(self.activations[index]),
+            "teacher": float(self.teacher[index]),
+            "total": float(self.total[index]),
+        }
+
+
+def lora_block_params(shape: ModelShape, rank: int) -> int:
+    """Adapter parameters of one block: r (in + out) for each of the 7 projections."""
+    d, attn = shape.hidden, shape.heads * shape.head_dim
+    kv, ff = shape.kv_heads * shape.head_dim, shape.intermediate
+    pairs = [(d, attn), (d, kv), (d, kv), (attn, d), (d, ff), (d, ff), (ff, d)]
+    return rank * sum(a + b for a, b in pairs)
+
+
+class MemoryModel:
+    """Per-cut memory of the device side and the server side of a workload.
+
+    Cuts are ``1..L-1`` (index ``cut - 1``), like the cost model's.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.student = ModelShape.from_config(
+            workload.student_config
+            or {**LLAMA_3_2_1B, "num_hidden_layers": workload.num_student_layers}
+        )
+        self.teacher = ModelShape.from_config(workload.teacher_config or LLAMA_3_1_8B)
+        self.cuts = np.arange(1, self.student.layers)  # (C,)
+
+    def _student_side(self, blocks: np.ndarray, embed_or_head: int) -> MemoryEstimate:
+        """Memory of ``blocks`` student blocks plus one ``(V, d)`` embedding or head."""
+        w, s = self.workload, self.student
+        mixed = w.mixed_precision
+        block = s.layer_params + 2 * s.hidden  # matrices and the two norms
+        table = s.vocab * s.hidden + embed_or_head
+        if w.lora_rank > 0:
+            trained = blocks * lora_block_params(s, w.lora_rank)
+            base_bytes = HALF_BYTES if mixed else FP32_BYTES
+            weights = (blocks * block + table) * base_bytes + trained * FP32_BYTES
+        else:
+            trained = blocks * block + table
+            weights = trained * FP32_BYTES
+            if mixed:
+                # autocast's bf16 copy of every matrix, kept for the step
+                weights = weights + (blocks * s.layer_params + table) * HALF_BYTES
+        act_bytes = HALF_BYTES if mixed else FP32_BYTES
+        a, b, c = ACTIVATION_ELEMENTS
+        kv = s.kv_heads * s.head_dim
+        per_block = a * s.hidden + b * kv + c * s.intermediate  # elements per token
+        tokens = w.batch_size * w.seq_len
+        if w.gradient_checkpointing:
+            stored = blocks * s.hidden + np.minimum(blocks, 1) * per_block
+        else:
+            stored = blocks * per_block
+        activations = tokens * (stored + s.hidden) * act_bytes
+        zeros = np.zeros_like(np.asarray(blocks, dtype=float))
+        return MemoryEstimate(
+            weights=np.asarray(weights, dtype=float),
+            gradients=np.asarray(trained * FP32_BYTES, dtype=float),
+            optimizer=np.asarray(trained * FP32_BYTES * ADAMW_MOMENTS, dtype=float),
+            activations=np.asarray(activations, dtype=float),
+            teacher=zeros,
+        )
+
+    def device(self) -> MemoryEstimate:
+        """The device side per cut: embeddings and blocks ``< cut``, the teacher table."""
+        side = self._student_side(self.cuts, 0)
+        t = self.teacher
+        table = t.vocab * t.hidden * self.workload.teacher_bytes_per_element
+        return _with_teacher(side, np.full(self.cuts.shape, float(table)))
+
+    def server(self) -> MemoryEstimate:
+        """The server side per cut: blocks ``>= cut``, norm and head, the whole teacher."""
+        w, s, t = self.workload, self.student, self.teacher
+        side = self._student_side(s.layers - self.cuts, s.hidden)
+        teacher_params = (
+            t.layers * (t.layer_params + 2 * t.hidden) + 2 * t.vocab * t.hidden
+        )
+        tokens = w.batch_size * w.seq_len
+        working = tokens * (sum(ACTIVATION_ELEMENTS) * t.hidden + t.intermediate)
+        logits = LOGIT_COPIES * tokens * s.vocab * FP32_BYTES
+        teacher = (
+            teacher_params * w.teacher_bytes_per_element
+            + working * w.teacher_bytes_per_element
+            + logits
+        )
+        return _with_teacher(side, np.full(self.cuts.shape, float(teacher)))
+
+    def weights_bytes_per_round(self) -> np.ndarray:
+        """What one direction of a round's Flower message carries per cut: the device's
+        trained tensors in fp32 (LoRA: its adapters; else embeddings and blocks)."""
+        s = self.student
+        if self.workload.lora_rank > 0:
+            return self.cuts * lora_block_params(s, self.workload.lora_rank) * 4.0
+        return (self.cuts * (s.layer_params + 2 * s.hidden) + s.vocab * s.hidden) * 4.0
+
+
+def _with_teacher(side: MemoryEstimate, teacher: np.ndarray) -> MemoryEstimate:
+    return MemoryEstimate(
+        side.weights, side.gradients, side.optimizer, side.activations, teacher
+    )
+
+
+def fits(total_bytes: np.ndarray, memory_bytes: float) -> np.ndarray:
+    """Whether each figure fits ``memory_bytes`` less the headroom (0: unknown, fits)."""
+    if memory_bytes <= 0:
+        return np.ones(np.shape(total_bytes), dtype=bool)
+    return np.asarray(total_bytes) <= MEMORY_HEADROOM * memory_bytes

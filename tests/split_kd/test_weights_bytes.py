@@ -1,0 +1,62 @@
+"""With LoRA a round's Flower messages carry the adapters below the cut and nothing more."""
+
+import pytest
+import torch
+
+from splitkd_flwr.core.types import Workload
+from splitkd_flwr.default_models.configs import (
+    default_student_config,
+    default_teacher_config,
+)
+from splitkd_flwr.simulation.memory import MemoryModel
+from splitkd_flwr.split.lora import LoraSpec, adapter_names
+from splitkd_flwr.split.loss import KDLoss
+from splitkd_flwr.split.models import load_causal_lm
+from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.split_kd.arrays import from_record, state_bytes, to_record
+
+VOCAB = 1024  # the default tokenizer's vocabulary (default_models.prepare)
+CUT = 4
+
+
+def _server(lora: LoraSpec | None) -> SplitServer:
+    torch.manual_seed(0)
+    teacher = load_causal_lm(default_teacher_config(VOCAB))
+    student = load_causal_lm(default_student_config(VOCAB))
+    return SplitServer(teacher, student, KDLoss(), 1e-3, lora=lora)
+
+
+def test_default_student_rank_8_sends_about_15_percent_of_full_weights() -> None:
+    # Prepare
+    full, lora = _server(None), _server(LoraSpec(rank=8))
+
+    # Execute
+    full_bytes = state_bytes(full.device_state(CUT))
+    lora_state = lora.device_state(CUT)
+    lora_bytes = state_bytes(lora_state)
+
+    # Assert: adapters only, ~15 %, and exactly what the memory model predicts
+    assert set(adapter_names(lora_state)) == set(lora_state)
+    assert lora_bytes / full_bytes == pytest.approx(0.15, abs=0.01)
+    config = default_student_config(VOCAB).to_dict()
+    predicted = {
+        rank: MemoryModel(
+            Workload(16, 8, 64, 1, student_config=config, lora_rank=rank)
+        ).weights_bytes_per_round()[CUT - 1]
+        for rank in (0, 8)
+    }
+    assert lora_bytes == predicted[8]
+    assert full_bytes == predicted[0]
+
+
+def test_bf16_tensors_cross_an_array_record_bit_exactly() -> None:
+    # Prepare
+    state = {"w": torch.randn(3, 5).to(torch.bfloat16), "i": torch.arange(4)}
+
+    # Execute
+    back = from_record(to_record(state))
+
+    # Assert
+    assert back.keys() == state.keys()
+    assert back["w"].dtype == torch.bfloat16 and torch.equal(back["w"], state["w"])
+    assert torch.equal(back["i"], state["i"])
