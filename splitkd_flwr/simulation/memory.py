@@ -14,8 +14,10 @@ What is counted (per side, for the student blocks it runs):
   ``ACTIVATION_ELEMENTS``), at 2 B under bf16 autocast and 4 B otherwise; with gradient
   checkpointing only each block's input plus one block's worth;
 - the device: the teacher's input-embedding table (V x d_t at the teacher's bytes);
-- the server: the whole frozen teacher, its forward's working set (one block and its
-  logits) and the loss's logits (``LOGIT_COPIES`` fp32-sized copies of B x T x V).
+- the server: the whole global student (it keeps every block across rounds), the
+  rollback snapshot a round takes of what it may change, the whole frozen teacher, its
+  forward's working set and the loss's logits (``LOGIT_COPIES`` fp32-sized copies of
+  B x T x V).
 
 Not counted: the framework's own footprint (CUDA context, allocator slack), which the
 planner's ``MEMORY_HEADROOM`` leaves room for.
@@ -54,6 +56,7 @@ class MemoryEstimate:
     optimizer: np.ndarray
     activations: np.ndarray
     teacher: np.ndarray  # device: the embedding table; server: the whole teacher
+    snapshot: np.ndarray | float = 0.0  # server: the rollback copy of a round's state
 
     @property
     def total(self) -> np.ndarray:
@@ -64,6 +67,7 @@ class MemoryEstimate:
             + self.optimizer
             + self.activations
             + self.teacher
+            + self.snapshot
         )
 
     def row(self, index: int) -> dict[str, float]:
@@ -74,6 +78,9 @@ class MemoryEstimate:
             "optimizer": float(self.optimizer[index]),
             "activations": float(self.activations[index]),
             "teacher": float(self.teacher[index]),
+            "snapshot": float(
+                np.broadcast_to(self.snapshot, self.teacher.shape)[index]
+            ),
             "total": float(self.total[index]),
         }
 
@@ -101,64 +108,86 @@ class MemoryModel:
         self.teacher = ModelShape.from_config(workload.teacher_config or LLAMA_3_1_8B)
         self.cuts = np.arange(1, self.student.layers)  # (C,)
 
-    def _student_side(self, blocks: np.ndarray, embed_or_head: int) -> MemoryEstimate:
-        """Memory of ``blocks`` student blocks plus one ``(V, d)`` embedding or head."""
-        w, s = self.workload, self.student
-        mixed = w.mixed_precision
-        block = s.layer_params + 2 * s.hidden  # matrices and the two norms
-        table = s.vocab * s.hidden + embed_or_head
-        if w.lora_rank > 0:
-            trained = blocks * lora_block_params(s, w.lora_rank)
+    def _counts(
+        self, blocks: np.ndarray, table_params: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(all, trained) parameters of ``blocks`` student blocks and ``table_params`` more."""
+        s, rank = self.student, self.workload.lora_rank
+        total = blocks * (s.layer_params + 2 * s.hidden) + table_params
+        trained = blocks * lora_block_params(s, rank) if rank > 0 else total
+        return np.asarray(total, dtype=float), np.asarray(trained, dtype=float)
+
+    def _weight_bytes(
+        self, total: np.ndarray, trained: np.ndarray, matrices: np.ndarray
+    ) -> np.ndarray:
+        """Stored weights; ``matrices`` are the ones autocast copies to bf16 (full FT)."""
+        mixed = self.workload.mixed_precision
+        if self.workload.lora_rank > 0:
             base_bytes = HALF_BYTES if mixed else FP32_BYTES
-            weights = (blocks * block + table) * base_bytes + trained * FP32_BYTES
-        else:
-            trained = blocks * block + table
-            weights = trained * FP32_BYTES
-            if mixed:
-                # autocast's bf16 copy of every matrix, kept for the step
-                weights = weights + (blocks * s.layer_params + table) * HALF_BYTES
-        act_bytes = HALF_BYTES if mixed else FP32_BYTES
+            return total * base_bytes + trained * FP32_BYTES
+        return total * FP32_BYTES + (matrices * HALF_BYTES if mixed else 0.0)
+
+    def _activations(self, blocks: np.ndarray) -> np.ndarray:
+        """What ``blocks`` blocks keep for backward, plus the hidden state at the cut."""
+        w, s = self.workload, self.student
+        act_bytes = HALF_BYTES if w.mixed_precision else FP32_BYTES
         a, b, c = ACTIVATION_ELEMENTS
         kv = s.kv_heads * s.head_dim
         per_block = a * s.hidden + b * kv + c * s.intermediate  # elements per token
-        tokens = w.batch_size * w.seq_len
         if w.gradient_checkpointing:
             stored = blocks * s.hidden + np.minimum(blocks, 1) * per_block
         else:
             stored = blocks * per_block
-        activations = tokens * (stored + s.hidden) * act_bytes
-        zeros = np.zeros_like(np.asarray(blocks, dtype=float))
-        return MemoryEstimate(
-            weights=np.asarray(weights, dtype=float),
-            gradients=np.asarray(trained * FP32_BYTES, dtype=float),
-            optimizer=np.asarray(trained * FP32_BYTES * ADAMW_MOMENTS, dtype=float),
-            activations=np.asarray(activations, dtype=float),
-            teacher=zeros,
+        return np.asarray(
+            w.batch_size * w.seq_len * (stored + s.hidden) * act_bytes, dtype=float
         )
 
     def device(self) -> MemoryEstimate:
-        """The device side per cut: embeddings and blocks ``< cut``, the teacher table."""
-        side = self._student_side(self.cuts, 0)
-        t = self.teacher
+        """The device side per cut: embeddings and blocks ``< cut``, the teacher table.
+
+        The device's optimizer is fresh each round and holds its side only.
+        """
+        s, t, cuts = self.student, self.teacher, self.cuts
+        total, trained = self._counts(cuts, s.vocab * s.hidden)
         table = t.vocab * t.hidden * self.workload.teacher_bytes_per_element
-        return _with_teacher(side, np.full(self.cuts.shape, float(table)))
+        return MemoryEstimate(
+            weights=self._weight_bytes(total, trained, cuts * s.layer_params),
+            gradients=trained * FP32_BYTES,
+            optimizer=trained * FP32_BYTES * ADAMW_MOMENTS,
+            activations=self._activations(cuts),
+            teacher=np.full(cuts.shape, float(table)),
+        )
 
     def server(self) -> MemoryEstimate:
-        """The server side per cut: blocks ``>= cut``, norm and head, the whole teacher."""
-        w, s, t = self.workload, self.student, self.teacher
-        side = self._student_side(s.layers - self.cuts, s.hidden)
+        """The server side per cut: the whole global student, grads and AdamW moments of
+        blocks ``>= cut``, norm and head, the round's rollback snapshot of those, and the
+        whole frozen teacher with its forward's working set and the loss's logits."""
+        w, s, t, cuts = self.workload, self.student, self.teacher, self.cuts
+        upper = s.layers - cuts
+        head = s.vocab * s.hidden + s.hidden
+        whole, whole_trained = self._counts(
+            np.full(cuts.shape, s.layers), head + s.vocab * s.hidden
+        )
+        _, trained = self._counts(upper, head)
         teacher_params = (
             t.layers * (t.layer_params + 2 * t.hidden) + 2 * t.vocab * t.hidden
         )
         tokens = w.batch_size * w.seq_len
         working = tokens * (sum(ACTIVATION_ELEMENTS) * t.hidden + t.intermediate)
         logits = LOGIT_COPIES * tokens * s.vocab * FP32_BYTES
-        teacher = (
-            teacher_params * w.teacher_bytes_per_element
-            + working * w.teacher_bytes_per_element
-            + logits
+        teacher = (teacher_params + working) * w.teacher_bytes_per_element + logits
+        moments = trained * FP32_BYTES * ADAMW_MOMENTS
+        return MemoryEstimate(
+            weights=self._weight_bytes(
+                whole, whole_trained, upper * s.layer_params + s.vocab * s.hidden
+            ),
+            gradients=trained * FP32_BYTES,
+            optimizer=moments,
+            activations=self._activations(upper),
+            teacher=np.full(cuts.shape, float(teacher)),
+            # begin_round copies the server side's trained weights and the moments
+            snapshot=trained * FP32_BYTES + moments,
         )
-        return _with_teacher(side, np.full(self.cuts.shape, float(teacher)))
 
     def weights_bytes_per_round(self) -> np.ndarray:
         """What one direction of a round's Flower message carries per cut: the device's
@@ -167,12 +196,6 @@ class MemoryModel:
         if self.workload.lora_rank > 0:
             return self.cuts * lora_block_params(s, self.workload.lora_rank) * 4.0
         return (self.cuts * (s.layer_params + 2 * s.hidden) + s.vocab * s.hidden) * 4.0
-
-
-def _with_teacher(side: MemoryEstimate, teacher: np.ndarray) -> MemoryEstimate:
-    return MemoryEstimate(
-        side.weights, side.gradients, side.optimizer, side.activations, teacher
-    )
 
 
 def fits(total_bytes: np.ndarray, memory_bytes: float) -> np.ndarray:
