@@ -70,6 +70,7 @@ class NodeConfig:
         ):
             raise ConfigError(
                 f"energy-budget-j must be a number >= 0 (0: unlimited), got {budget!r}"
+            )
         torch_device = str(node_config.get("torch-device", "auto"))
         if not re.match(DEVICE_SPEC_PATTERN, torch_device):
             raise ConfigError(

@@ -17,6 +17,7 @@ from splitkd_flwr.split.lora import (
 from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.models import untie_embeddings
 from splitkd_flwr.split.partition import device_param_names, partition
+from splitkd_flwr.split.precision import enable_gradient_checkpointing
 from splitkd_flwr.split.step import (
     device_backward,
     device_forward,
@@ -179,3 +180,35 @@ def test_bad_lora_settings_are_config_errors() -> None:
     _, student = _pair("llama")
     with pytest.raises(ConfigError, match="lora-targets"):
         add_lora(student, LoraSpec(rank=4, targets=("no_such_proj",)))
+
+
+@pytest.mark.parametrize("arch", sorted(PAIRS))
+def test_gradient_checkpointing_changes_memory_not_the_step(arch: str) -> None:
+    # Prepare: the split student recomputes its blocks in backward; the reference does not
+    teacher, student = _lora_pair(arch)
+    reference = copy.deepcopy(student)
+    enable_gradient_checkpointing(student)
+    device_part, server_part = partition(teacher, student, 2)
+    device_optimizer = torch.optim.AdamW(device_part.student_parameters(), lr=1e-2)
+    server_optimizer = torch.optim.AdamW(server_part.student_parameters(), lr=1e-2)
+    reference_optimizer = torch.optim.AdamW(
+        [p for p in reference.parameters() if p.requires_grad], lr=1e-2
+    )
+    loss_fn = KDLoss(alpha=0.5, temperature=2.0)
+    input_ids, mask = _batch(1)
+
+    # Execute
+    expected = reference_step(
+        teacher, reference, input_ids, mask, reference_optimizer, loss_fn
+    )
+    smashed, hidden = device_forward(device_part, input_ids, mask)
+    result = server_step(server_part, smashed, server_optimizer, loss_fn)
+    device_backward(hidden, result.grad_at_cut, device_optimizer)
+
+    # Assert
+    blocks = [m for m in student.modules() if getattr(m, "gradient_checkpointing", 0)]
+    assert blocks, "no block recomputes its activations"
+    assert result.loss == pytest.approx(expected.loss, rel=RTOL)
+    updated = reference.state_dict()
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, updated[name], rtol=RTOL, atol=ATOL, msg=name)
