@@ -231,7 +231,8 @@ class ServerPart(nn.Module):
         student_hidden = student_hidden.to(student_dtype)  # (B, T, d_s)
         student_logits = self.student(student_hidden, attention_mask)  # (B, T, V)
         teacher_logits = self.teacher_logits(teacher_embeds, attention_mask)  # (B,T,V)
-        return student_logits, teacher_logits
+        # A teacher sharded over GPUs (teacher-device-map) ends on its last one.
+        return student_logits, teacher_logits.to(student_logits.device)
 
     @torch.no_grad()
     def teacher_logits(
