@@ -60,3 +60,47 @@ def test_bf16_tensors_cross_an_array_record_bit_exactly() -> None:
     assert back.keys() == state.keys()
     assert back["w"].dtype == torch.bfloat16 and torch.equal(back["w"], state["w"])
     assert torch.equal(back["i"], state["i"])
+
+
+def test_provisioning_keeps_the_teachers_dtype_and_the_lora_base(tmp_path) -> None:
+    # Prepare: a LoRA server with a bf16 teacher; what it provisions
+    from splitkd_flwr.data.corpus import generate_corpus
+    from splitkd_flwr.data.tokenizer import train_tokenizer
+    from splitkd_flwr.split_kd import assets
+
+    tokenizer = train_tokenizer((d.text for d in generate_corpus(50, seed=1)), 300)
+    server = _server(LoraSpec(rank=8))
+    table = server.teacher.get_input_embeddings().weight
+    config_json = server.student.config.to_json_string()
+    base = server.device_base_state()
+    packed = {
+        dtype: assets.DeviceAssets.pack(config_json, tokenizer, table.to(dtype), base)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+
+    # Execute
+    key = assets.store(
+        tmp_path,
+        packed[torch.bfloat16].config,
+        packed[torch.bfloat16].teacher_embedding,
+    )
+    names = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"]
+    loaded = assets.load_student_base(tmp_path, names)
+
+    # Assert: bf16 table at half the bytes, bit-exact; the base under plain names
+    sizes = {
+        d: p.sizes_bytes["provision-teacher-embedding-bytes"] for d, p in packed.items()
+    }
+    assert sizes[torch.bfloat16] * 2 == sizes[torch.float32]
+    assert key == packed[torch.bfloat16].key != packed[torch.float32].key
+    stored = assets.load_teacher_embedding(tmp_path)
+    assert stored.dtype == torch.bfloat16 and torch.equal(
+        stored, table.to(torch.bfloat16)
+    )
+    assert not any(".lora_" in n or ".base_layer." in n for n in base)
+    assert (
+        "lm_head.weight" not in base
+        and "model.layers.15.mlp.up_proj.weight" not in base
+    )
+    for name in names:
+        assert torch.equal(loaded[name], base[name])
