@@ -174,7 +174,8 @@ def main() -> None:
             error = (model_bytes - measured) / measured
             print(
                 f"{side:>6} {cut:>4} {measured / 1e9:>12.2f} {model_bytes / 1e9:>9.2f} "
-                f"{error:>+7.1%}"
+                f"{error:>+7.1%}",
+                flush=True,
             )
     from splitkd_flwr.data.tokenizer import DEFAULT_VOCAB_SIZE
     from splitkd_flwr.default_models.configs import default_student_config

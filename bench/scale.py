@@ -109,7 +109,7 @@ def main() -> None:
         + (", gradient checkpointing" if args.gradient_checkpointing else "")
     )
     for name, seconds in times.items():
-        print(f"{name:>8} step {seconds:.3f} s, {tokens / seconds:,.0f} tokens/s")
+        print(f"{name:>8} step {seconds:.3f} s, {tokens / seconds:,.1f} tokens/s")
     print(f"split / unsplit step time: {times['split'] / times['unsplit']:.3f}")
     print(f"{what}: {peak / 2**30:.2f} GiB (fits 24 GB: {peak <= 24e9})")
 
