@@ -96,6 +96,7 @@ def plan(
             mixed_precision=bf16_mixed,
             teacher_bytes_per_element=teacher_bytes,
             gradient_checkpointing=gradient_checkpointing,
+            memory_limits=True,
         )
         plans = {
             cls.__name__: cls(workload, delay_bound_s=delay_bound_s, fleet=fleet_).plan(

@@ -46,3 +46,6 @@ class Workload:
     mixed_precision: bool = False
     teacher_bytes_per_element: int = 4
     gradient_checkpointing: bool = False
+    # Whether planners refuse cuts that do not fit a profile's memory (a run: yes; the
+    # paper's case study, which assumes memory is no constraint: no).
+    memory_limits: bool = False

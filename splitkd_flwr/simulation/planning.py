@@ -96,8 +96,11 @@ class ModelledPlanner(Planner):
         memory = MemoryModel(workload)
         self.device_memory_bytes = memory.device().total  # (C,)
         self.server_memory_bytes = memory.server().total  # (C,)
+        self.memory_limits = workload.memory_limits
         self.server_fits = fits(self.server_memory_bytes, self.server.memory_bytes)
-        if not self.server_fits.any():
+        if not self.memory_limits:
+            self.server_fits = np.ones_like(self.server_fits)
+        elif not self.server_fits.any():
             # Nothing to choose between: plan as if it fit, but say so once.
             logger.warning(
                 "the modelled server (%s, %.0f GB) fits no cut: it needs %.1f GB at "
@@ -111,11 +114,15 @@ class ModelledPlanner(Planner):
 
     def cut_fits(self, profile: DeviceProfile) -> np.ndarray:
         """(C,) whether each cut fits ``profile``'s memory and the server's."""
+        if not self.memory_limits:
+            return np.ones_like(self.server_fits)
         device = fits(self.device_memory_bytes, profile.memory_bytes)
         return device & self.server_fits
 
     def why_not(self, profile: DeviceProfile, cut_layer: int) -> str:
         """Why ``cut_layer`` does not fit (memory per side), or "" when it does."""
+        if not self.memory_limits:
+            return ""
         i = cut_layer - 1
         need_d, need_s = self.device_memory_bytes[i], self.server_memory_bytes[i]
         reasons = []

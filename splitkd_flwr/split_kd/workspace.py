@@ -121,6 +121,7 @@ class Workspace:
             if c.scenario == "paper" and c.teacher_dtype == "auto"
             else self.teacher.dtype.itemsize,
             gradient_checkpointing=c.gradient_checkpointing,
+            memory_limits=True,
         )
 
     def device_assets(

@@ -12,9 +12,16 @@ from splitkd_flwr.simulation.memory import MemoryModel, fits
 from splitkd_flwr.simulation.planning import EnergyOptimal, Fixed
 
 # Llama-3.2-1B student / Llama-3.1-8B teacher (the defaults), batch 8 x 64.
-FULL = Workload(16, 8, 64, 4, teacher_bytes_per_element=2)
+FULL = Workload(16, 8, 64, 4, teacher_bytes_per_element=2, memory_limits=True)
 LORA = Workload(
-    16, 8, 64, 4, teacher_bytes_per_element=2, lora_rank=64, mixed_precision=True
+    16,
+    8,
+    64,
+    4,
+    teacher_bytes_per_element=2,
+    lora_rank=64,
+    mixed_precision=True,
+    memory_limits=True,
 )
 
 
@@ -111,3 +118,10 @@ def test_energy_optimal_moves_off_the_cheapest_cut_when_the_server_cannot_hold_i
     # Assert
     assert free.cut_layer == 1
     assert constrained.cut_layer == 5 and constrained.feasible
+
+
+def test_without_memory_limits_planners_ignore_memory() -> None:
+    # the paper's case study assumes memory is no constraint
+    planner = Fixed(replace(FULL, memory_limits=False), cut_layer=15)
+    state = DeviceState(0, 0, "orin-nx-0.76", uplink_bps=1e8, downlink_bps=1e8)
+    assert planner.plan(state, 1).cut_layer == 15
