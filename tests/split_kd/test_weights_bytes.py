@@ -104,3 +104,25 @@ def test_provisioning_keeps_the_teachers_dtype_and_the_lora_base(tmp_path) -> No
     )
     for name in names:
         assert torch.equal(loaded[name], base[name])
+
+
+def test_a_lora_server_checkpoint_restores_into_a_fresh_lora_server(tmp_path) -> None:
+    # Prepare: a LoRA server after one committed round, checkpointed
+    from splitkd_flwr.flower.checkpoint import Checkpoint, CheckpointStore
+    from splitkd_flwr.split.server import load_server_state, server_state
+
+    server = _server(LoraSpec(rank=8))
+    with torch.no_grad():
+        for name, p in server.student.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.01)
+    store = CheckpointStore(tmp_path)
+    store.save(Checkpoint(1, {"server": server_state(server)}, [], {}))
+
+    # Execute
+    fresh = _server(LoraSpec(rank=8))
+    load_server_state(fresh, store.latest().state["server"])
+
+    # Assert
+    for name, value in server.student.state_dict().items():
+        assert torch.equal(fresh.student.state_dict()[name], value), name
