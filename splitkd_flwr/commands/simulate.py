@@ -62,6 +62,11 @@ def simulation_run_config(
     if rounds is not None:
         run_config["num-rounds"] = rounds
     run_config.update(overrides)
+    # The ServerApp runs in the SuperLink's working directory: a relative `--set
+    # output-dir=...` is made absolute here, where the user typed it.
+    run_config["output-dir"] = str(
+        Path(str(run_config["output-dir"])).expanduser().resolve()
+    )
     return run_config
 
 

@@ -142,3 +142,12 @@ def test_simulate_resume_reuses_the_saved_run_config(tmp_path: Path) -> None:
     assert fresh["num-rounds"] == 10 and "resume" not in fresh
     with pytest.raises(click.BadParameter, match="no run-config.json"):
         simulation_run_config(tmp_path, None, tmp_path / "nothing", {})
+
+
+def test_a_relative_output_dir_from_set_is_made_absolute_where_it_was_typed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The ServerApp runs in the SuperLink's working directory, not the user's.
+    monkeypatch.chdir(tmp_path)
+    config = simulation_run_config(Path("ignored"), None, None, {"output-dir": "runs/a"})
+    assert config["output-dir"] == str(tmp_path / "runs" / "a")
