@@ -38,6 +38,7 @@ from torch.func import functional_call
 from transformers import PreTrainedModel
 
 from splitkd_flwr.core.errors import ModelError, SplitKDError
+from splitkd_flwr.split.lora import plain_state_dict
 from splitkd_flwr.split.partition import (
     ServerPart,
     check_weights,
@@ -109,6 +110,10 @@ class ClusterServer:
             name: state[name].detach().clone()
             for name in device_param_names(self.student, cut_layer)
         }
+
+    def student_state(self) -> dict[str, torch.Tensor]:
+        """The whole global student as a plain checkpoint, for saving and deploying."""
+        return plain_state_dict(self.student)
 
     def begin_round(self, cut_layer: int, members: Sequence[int]) -> None:
         """Give each member a copy of the server side at ``cut_layer`` and of its optimizer state."""

@@ -23,8 +23,8 @@ class VehicleDied(RuntimeError):
     """The vehicle stopped mid-round."""
 
 
-def _two_batches_then_die(session, device_part, batches, optimizer):
-    _real_round(session, device_part, islice(batches, 2), optimizer)
+def _two_batches_then_die(session, device_part, batches, optimizer, *args, **kwargs):
+    _real_round(session, device_part, islice(batches, 2), optimizer, *args, **kwargs)
     raise VehicleDied("vehicle 1 died after two mini-batches")
 
 
