@@ -3,6 +3,7 @@
 import typer
 
 from splitkd_flwr.commands import (
+    audit,
     calibrate,
     case_study,
     plan,
@@ -14,6 +15,7 @@ from splitkd_flwr.commands import (
 app = typer.Typer(no_args_is_help=True, help="Split knowledge distillation on Flower.")
 
 # Each subcommand lives in splitkd_flwr/commands/<name>.py; register it here, one line each.
+app.command("audit")(audit.audit_command)
 app.command()(calibrate.calibrate)
 app.command("case-study")(case_study.case_study)
 app.command()(plan.plan)

@@ -29,8 +29,11 @@ ALLOWED: dict[str, set[str]] = {
         "hardware",
         "default_models",
         "flower",
+        "privacy",
     },
     "koala": {"core", "data", "split", "default_models", "flower"},
+    # The audit's attacks: torch on captured tensors, no Flower (split_kd fills a capture).
+    "privacy": {"core", "split"},
 }
 LIBRARIES = ("core", "data", "split", "transport", "simulation", "hardware")
 

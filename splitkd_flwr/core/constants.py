@@ -38,3 +38,5 @@ TEACHER_DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 TRAIN_PRECISIONS: tuple[str, ...] = ("fp32", "bf16-mixed")
 # `teacher-device-map`: none = the whole teacher on server-device; auto = accelerate shards it.
 TEACHER_DEVICE_MAPS: tuple[str, ...] = ("none", "auto")
+# Where the student's head and the loss run: "seed" (server; labels go up), "u-shape" (device).
+SPLIT_MODES: tuple[str, ...] = ("seed", "u-shape")

@@ -12,6 +12,7 @@ from splitkd_flwr.core.constants import (
     DEVICE_SPEC_PATTERN,
     DIVERGENCES,
     MODES,
+    SPLIT_MODES,
     TEACHER_DEVICE_MAPS,
     TEACHER_DTYPES,
     TRAIN_PRECISIONS,
@@ -152,6 +153,21 @@ class RunConfig:
         "float tensors on the data plane: `fp32`, `fp16`, `bf16`, `int8` (per-channel absmax)",
         "fp32",
     )
+    split_mode: str = _help(
+        "`seed` (the paper's split: labels go to the server) or `u-shape` (head, loss and "
+        "labels stay on the device; not enough to hide the text, see README, What the edge "
+        "server can learn)",
+        "seed",
+    )
+    teacher_top_k: int = _help(
+        "`u-shape`: teacher soft labels sent down as top-k log-probs + tail (0: full logits)",
+        0,
+    )
+    smashed_noise: float = _help(
+        "epsilon of d_chi-privacy noise per token on the teacher embeddings and student "
+        "hidden state a device sends (smaller: more noise; 0: none)",
+        0.0,
+    )
     data_plane_bind: str = _help(
         "host:port the server's data plane listens on (port 0: any free port)",
         "127.0.0.1:0",
@@ -264,6 +280,9 @@ class RunConfig:
         need(self.min_nodes >= 1, "min-nodes", ">= 1")
         need(self.cut_layer >= 1, "cut-layer", ">= 1")
         need(self.wire_dtype in WIRE_DTYPES, "wire-dtype", f"one of {WIRE_DTYPES}")
+        need(self.split_mode in SPLIT_MODES, "split-mode", f"one of {SPLIT_MODES}")
+        need(self.teacher_top_k >= 0, "teacher-top-k", ">= 0")
+        need(self.smashed_noise >= 0, "smashed-noise", ">= 0")
         need(_is_host_port(self.data_plane_bind), "data-plane-bind", "'host:port'")
         need(
             not self.data_plane_address or _is_host_port(self.data_plane_address),

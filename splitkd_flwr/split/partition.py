@@ -311,11 +311,13 @@ def build_device_student(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    head: bool = False,
 ) -> PreTrainedModel:
     """Build a student whose embeddings and blocks ``< cut_layer`` alone take memory.
 
     The rest (upper blocks, norm, LM head) stays on the meta device, so a device with a
-    1B student allocates only what it trains, on ``device`` (a Jetson's ``cuda``). The allocated weights are uninitialised:
+    1B student allocates only what it trains, on ``device`` (a Jetson's ``cuda``); with
+    ``head`` (the u-shape) the final norm and LM head are allocated too. The allocated weights are uninitialised:
     load the server's with ``DevicePart.student.load_student_state_dict``.
 
     Raises
@@ -333,7 +335,13 @@ def build_device_student(
     arch = architecture_of(student)
     arch.rebuild_context(student)
     lower = StudentSegment(student, 0, cut_layer, embed=True, head=False)
-    for module in lower.owned_modules():
+    modules = list(lower.owned_modules())
+    if head:  # the u-shape's device also holds the final norm and the LM head
+        top = num_layers(student)
+        modules += StudentSegment(
+            student, top, top, embed=False, head=True
+        ).owned_modules()
+    for module in modules:
         module.to_empty(device=device)
     # The rotary tables were rebuilt on the CPU; they go where the blocks run.
     for module in lower.context.values():

@@ -72,7 +72,7 @@ class SplitServer:
         base is provisioned once, see ``device_base_state``).
         """
         state = self.student.state_dict()
-        names = device_param_names(self.student, cut_layer, trainable_only=True)
+        names = self.device_names(cut_layer)
         return {name: to_host(state[name].detach()).clone() for name in names}
 
     def device_base_state(self) -> dict[str, torch.Tensor]:
@@ -87,15 +87,26 @@ class SplitServer:
         base = plain_state_dict(self.student, merge_adapters=False)
         return {name: to_host(base[name]).contiguous() for name in sorted(wanted)}
 
+    def device_names(self, cut_layer: int) -> list[str]:
+        """The student's state_dict keys the device trains (and returns) at ``cut_layer``."""
+        return device_param_names(self.student, cut_layer, trainable_only=True)
+
+    def server_names(self, cut_layer: int) -> list[str]:
+        """The student's state_dict keys the server trains at ``cut_layer``."""
+        return server_param_names(self.student, cut_layer, trainable_only=True)
+
+    def _server_part(self, cut_layer: int) -> ServerPart:
+        return partition(self.teacher, self.student, cut_layer)[1]
+
     def begin_round(self, cut_layer: int) -> None:
         """Snapshot what the round may change, and build the server part at ``cut_layer``."""
         state = self.student.state_dict()
-        names = server_param_names(self.student, cut_layer, trainable_only=True)
+        names = self.server_names(cut_layer)
         self._snapshot = (
             {name: state[name].detach().clone() for name in names},
             copy.deepcopy(self.optimizer.state_dict()),
         )
-        self._part = partition(self.teacher, self.student, cut_layer)[1]
+        self._part = self._server_part(cut_layer)
         self.cut_layer = cut_layer
 
     @property
@@ -126,7 +137,7 @@ class SplitServer:
         if self.cut_layer is None:
             raise ModelError("SplitServer.commit called outside a round")
         state = self.student.state_dict()
-        names = device_param_names(self.student, self.cut_layer, trainable_only=True)
+        names = self.device_names(self.cut_layer)
         expected = {name: state[name] for name in names}
         check_weights(
             expected, device_weights, f"device weights (cut {self.cut_layer})"

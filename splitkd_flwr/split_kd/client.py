@@ -28,8 +28,10 @@ from splitkd_flwr.flower.node_config import NodeConfig
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split.lora import LoraSpec, add_lora
+from splitkd_flwr.split.loss import KDLoss
 from splitkd_flwr.split.partition import (
     DevicePart,
+    StudentSegment,
     build_device_student,
     device_param_names,
 )
@@ -39,9 +41,11 @@ from splitkd_flwr.split.precision import (
     enable_gradient_checkpointing,
     student_base_dtype,
 )
+from splitkd_flwr.split.ushape import DeviceModules, ushape_head
 from splitkd_flwr.split_kd import assets, protocol
 from splitkd_flwr.split_kd.arrays import from_record, to_record
 from splitkd_flwr.split_kd.dataplane import run_device_round
+from splitkd_flwr.split_kd.ushape_plane import run_device_round_ushape
 from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
 
 
@@ -79,10 +83,17 @@ def train(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_node_config(context.node_config, context.run_config)
     plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
     torch.manual_seed(plan.seed)
-    device_part = _device_part(
+    device_part, head = _device_part(
         node, plan, from_record(msg.content[protocol.DEVICE_WEIGHTS])
     )
-    optimizer = torch.optim.AdamW(device_part.student_parameters(), lr=plan.device_lr)
+    trained = (
+        device_part.student
+        if head is None
+        else DeviceModules(device_part.student, head)
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in trained.parameters() if p.requires_grad], lr=plan.device_lr
+    )
     batches = device_batches(node, load_device_tokenizer(node), plan)
     # Devices never change their clock here; the planner decides only the server's.
     with HardwareMonitor.from_config(node.energy_meter, "none") as monitor:
@@ -97,16 +108,31 @@ def train(msg: Message, context: Context) -> Message:
             # The meter sees the whole round (compute and waits for the server): a sampler
             # cannot be started per mini-batch without costing more than it measures.
             with monitor.measure("device-round"):
-                figures = run_device_round(
-                    session,
-                    device_part,
-                    batches,
-                    optimizer,
-                    autocast_dtype(plan.train_precision),
-                )
+                if head is None:
+                    figures = run_device_round(
+                        session,
+                        device_part,
+                        batches,
+                        optimizer,
+                        autocast_dtype(plan.train_precision),
+                        noise_epsilon=plan.smashed_noise,
+                    )
+                else:
+                    figures = run_device_round_ushape(
+                        session,
+                        device_part,
+                        head,
+                        batches,
+                        optimizer,
+                        plan_loss(plan),
+                        plan.smashed_noise,
+                    )
         energy = monitor.metrics()
     # With LoRA only the adapters changed, and only they go back.
-    updated = device_part.student.student_state_dict(trainable_only=True)
+    if head is None:
+        updated = device_part.student.student_state_dict(trainable_only=True)
+    else:
+        updated = trained.student_state_dict()
     metrics = MetricRecord(
         {**figures, **energy, "measured-device-round-s": time.perf_counter() - started}
     )
@@ -135,9 +161,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _device_part(
     node: NodeConfig, plan: protocol.RoundPlan, received: dict[str, torch.Tensor]
-) -> DevicePart:
+) -> tuple[DevicePart, StudentSegment | None]:
     """The device side of the round's student on ``torch-device``, holding the server's
-    weights (for LoRA: the provisioned frozen base, then the received adapters)."""
+    weights (for LoRA: the provisioned frozen base, then the received adapters), and the
+    u-shape's head segment (None in the seed mode)."""
     device = resolve_device(node.torch_device, "torch-device")
     lora = LoraSpec.from_keys(
         plan.lora_rank, plan.lora_alpha, plan.lora_dropout, plan.lora_targets
@@ -148,11 +175,17 @@ def _device_part(
         plan.cut_layer,
         dtype=student_base_dtype(lora is not None, plan.train_precision),
         device=device,
+        head=plan.split_mode == "u-shape",
     )
     table = assets.load_teacher_embedding(node.cache_dir).to(device)
     device_part = DevicePart.from_parts(table, student, plan.cut_layer)
+    head = ushape_head(student) if plan.split_mode == "u-shape" else None
+    if head is not None and lora is not None:
+        raise ModelError("split-mode u-shape does not support LoRA yet")
     # The one check of the received names, shapes and values is in load_student_state_dict.
-    if lora is None:
+    if head is not None:
+        DeviceModules(device_part.student, head).load_student_state_dict(received)
+    elif lora is None:
         device_part.student.load_student_state_dict(received)
     else:
         names = device_param_names(student, plan.cut_layer)
@@ -162,7 +195,17 @@ def _device_part(
         device_part.student.load_student_state_dict(received, trainable_only=True)
     if plan.gradient_checkpointing:
         enable_gradient_checkpointing(student)
-    return device_part
+    return device_part, head
+
+
+def plan_loss(plan: protocol.RoundPlan) -> KDLoss:
+    """The run's KD loss, which a u-shape device computes itself."""
+    return KDLoss(
+        alpha=plan.kd_alpha,
+        temperature=plan.kd_temperature,
+        divergence=plan.kd_divergence,
+        beta=plan.kd_beta,
+    )
 
 
 def _student_config(node: NodeConfig) -> PretrainedConfig:

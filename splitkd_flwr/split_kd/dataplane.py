@@ -7,7 +7,7 @@ The glue between :mod:`splitkd_flwr.split` (the math) and :mod:`splitkd_flwr.tra
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -17,10 +17,13 @@ from splitkd_flwr.core.constants import IGNORE_INDEX
 from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.hardware.monitor import HardwareMonitor
 from splitkd_flwr.split.cluster import ClusterServer
+from splitkd_flwr.split.noise import noiser
 from splitkd_flwr.split.partition import DevicePart
 from splitkd_flwr.split.placement import module_device, to_device, to_host
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import Smashed, device_backward, device_forward
+from splitkd_flwr.split.ushape import UShapeServer
+from splitkd_flwr.split_kd.ushape_plane import ushape_on_frame
 from splitkd_flwr.transport.frame import Dim
 from splitkd_flwr.transport.stream import (
     DataPlaneServer,
@@ -185,6 +188,8 @@ class DataPlane:
         # Devices learn which certificate to trust from the round plan, which reaches them
         # over Flower's own (TLS) control plane: no second key distribution.
         self.root_cert_pem = root_cert_pem
+        # Sees every decoded up-frame and the answer to it (the privacy audit's capture).
+        self.observer: Callable[[Frame, Frame], None] | None = None
 
     def open_round(
         self,
@@ -217,14 +222,29 @@ class DataPlane:
             tally.add(result.loss, result.terms, tokens, time.perf_counter() - started)
             return Frame({GRAD: result.grad_at_cut}, {"loss": result.loss})
 
+        if isinstance(split_server, UShapeServer):
+            # Two up-frames per step of two kinds: the handler checks each against its own.
+            on_frame, spec = ushape_on_frame(split_server, tally.add, measure), None
         handle = self.server.open_round(
             token,
-            on_frame,
+            self._observed(on_frame),
             spec=spec,
             wire_dtype=self.wire_dtype,
             max_frame_bytes=max_bytes,
         )
         return RoundInProgress(handle, tally)
+
+    def _observed(self, on_frame: Callable[[Frame], Frame]) -> Callable[[Frame], Frame]:
+        observer = self.observer
+        if observer is None:
+            return on_frame
+
+        def observed(frame: Frame) -> Frame:
+            answer = on_frame(frame)
+            observer(frame, answer)
+            return answer
+
+        return observed
 
 
 def run_device_round(
@@ -233,13 +253,16 @@ def run_device_round(
     batches: Iterable[Mapping[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     autocast_dtype: torch.dtype | None = None,
+    noise_epsilon: float = 0.0,
 ) -> dict[str, float]:
     """The device's side of a round: per mini-batch, forward, exchange, backward, step.
 
     The part runs where its weights are (a Jetson's CUDA); frames leave and arrive in
     host memory. Returns the device's measured figures (compute and exchange wall time,
-    batches).
+    batches). With ``noise_epsilon`` the smashed activations get d_chi-privacy noise
+    before they leave (:mod:`splitkd_flwr.split.noise`).
     """
+    privatize = noiser(noise_epsilon)
     device = module_device(device_part)
     compute_s = exchange_s = 0.0
     batches_done = 0
@@ -251,7 +274,7 @@ def run_device_round(
             to_device(batch["attention_mask"], device),
             autocast_dtype,
         )
-        frame = Frame({k: to_host(v) for k, v in smashed.tensors().items()})
+        frame = Frame(privatize({k: to_host(v) for k, v in smashed.tensors().items()}))
         sent = time.perf_counter()
         reply = session.exchange(frame)
         received = time.perf_counter()

@@ -57,3 +57,11 @@ class RoundPlan(PlanRecord):
     lora_alpha: float
     lora_dropout: float
     lora_targets: str  # comma-separated; "" = the family's default projections
+    # "u-shape": the device also trains the final norm and LM head and computes the loss
+    # (the kd-* keys below); its device-weights then include the head.
+    split_mode: str
+    kd_alpha: float
+    kd_temperature: float
+    kd_divergence: str
+    kd_beta: float
+    smashed_noise: float  # d_chi-privacy epsilon on what the device sends (0: none)

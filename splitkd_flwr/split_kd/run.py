@@ -16,6 +16,8 @@ from splitkd_flwr.simulation.planning import load_planner
 from splitkd_flwr.simulation.selection import load_selector
 from splitkd_flwr.split.cluster import ClusterServer
 from splitkd_flwr.split.evaluate import evaluate_lm
+from splitkd_flwr.split.server import SplitServer
+from splitkd_flwr.split.ushape import UShapeServer
 from splitkd_flwr.split_kd.cluster import ClusterSplitKD, cluster_parts
 from splitkd_flwr.split_kd.dataplane import DataPlane
 from splitkd_flwr.split_kd.strategy import SplitKD
@@ -28,6 +30,20 @@ logger = logging.getLogger(__name__)
 def run_split_kd(grid: Grid, config: RunConfig) -> Path:
     """Run split KD for ``num-rounds`` rounds, save and deploy the student; return the output dir."""
     return run_strategy(grid, config, build_split_kd)
+
+
+def split_server(config: RunConfig, workspace: Workspace) -> SplitServer:
+    """The server's side of the split the run config asks for (``split-mode``)."""
+    if config.split_mode == "u-shape":
+        return UShapeServer(
+            workspace.teacher,
+            workspace.student,
+            workspace.loss_fn(),
+            config.server_lr,
+            top_k=config.teacher_top_k,
+            temperature=config.kd_temperature,
+        )
+    return workspace.split_server()
 
 
 @contextmanager
@@ -43,7 +59,7 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
             workspace.teacher, workspace.student, workspace.loss_fn(), config.server_lr
         )
     else:
-        server = workspace.split_server()
+        server = split_server(config, workspace)
     eval_batches = workspace.eval_batches()
     teacher_eval = evaluate_lm(workspace.teacher, eval_batches)
     logger.info("teacher: held-out perplexity %.2f", teacher_eval["perplexity"])

@@ -192,6 +192,12 @@ class SplitKD(RoundStrategy):
             lora_alpha=c.lora_alpha,
             lora_dropout=c.lora_dropout,
             lora_targets=c.lora_targets,
+            split_mode=c.split_mode,
+            kd_alpha=c.kd_alpha,
+            kd_temperature=c.kd_temperature,
+            kd_divergence=c.kd_divergence,
+            kd_beta=c.kd_beta,
+            smashed_noise=c.smashed_noise,
         )
 
     def collect_replies(
