@@ -69,6 +69,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     Non-reentrant checkpointing: it works when a block's input needs no grad (a frozen
     LoRA base below the first adapter) and with blocks called one by one by a segment.
     """
-    model.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False}
+    # transformers 5.x's name; `gradient_checkpointing_enable` is its deprecated alias.
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}
     )
