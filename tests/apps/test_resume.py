@@ -52,13 +52,14 @@ def _run_and_kill_after(home: Path, config: dict, checkpoint: Path) -> None:
                 ROOT,
                 config,
                 {"num-supernodes": 2},
-                timeout_s=240,
+                timeout_s=480,
                 log_path=home / "flwr-run.log",
             ),
             daemon=True,
         )
         flwr_run.start()
-        deadline = time.monotonic() + 200
+        # Generous: on a loaded 2-core machine Ray alone can take minutes to start.
+        deadline = time.monotonic() + 420
         while not checkpoint.is_dir():
             assert time.monotonic() < deadline, "no checkpoint after round 2"
             time.sleep(0.05)
