@@ -37,7 +37,63 @@ class Exchange:
     reply: Message | None
 
 
-class LoopbackGrid:
+class ThreadedGrid:
+    """Flower's Grid calls (push, pull, send-and-receive) over in-process nodes.
+
+    Each message is answered by :meth:`answer` in its own thread, as a SuperNode would
+    run its ClientApp; an exception becomes the Error reply Flower would deliver, and an
+    answer of None is a node that never replies.
+    """
+
+    def __init__(self) -> None:
+        self._replies: dict[str, Message] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Every node's id."""
+        raise NotImplementedError
+
+    def answer(self, message: Message) -> Message | None:
+        """The node's reply to ``message`` (None: no reply)."""
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Start each node's handler in a thread; return message ids."""
+        ids = []
+        for message in messages:
+            message_id = f"m{len(self._threads) + 1}"
+            thread = threading.Thread(
+                target=self._answer, args=(message_id, message), daemon=True
+            )
+            self._threads[message_id] = thread
+            thread.start()
+            ids.append(message_id)
+        return ids
+
+    def _answer(self, message_id: str, message: Message) -> None:
+        reply: Message | None
+        try:
+            reply = self.answer(message)
+        except Exception as err:  # a ClientApp exception reaches the server as an Error
+            reply = Message(FlowerError(code=0, reason=repr(err)), reply_to=message)
+        if reply is not None:
+            self._replies[message_id] = reply
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """The replies that have arrived."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], timeout: float | None = None
+    ) -> list[Message]:
+        """Push, wait for every handler (up to ``timeout`` each), pull."""
+        ids = self.push_messages(messages)
+        for i in ids:
+            self._threads[i].join(timeout)
+        return self.pull_messages(ids)
+
+
+class LoopbackGrid(ThreadedGrid):
     """The Grid calls a strategy makes, answered by in-process devices.
 
     Parameters
@@ -49,6 +105,7 @@ class LoopbackGrid:
     """
 
     def __init__(self, num_devices: int, cache_root: Path) -> None:
+        super().__init__()
         # Inside a ServerApp Flower sets the run's identity that new messages carry.
         for name in ("run_id", "node_id", "task_id"):
             try:
@@ -71,46 +128,17 @@ class LoopbackGrid:
             for i in range(num_devices)
         }
         self.log: list[Exchange] = []
-        self._replies: dict[str, Message] = {}
-        self._threads: dict[str, threading.Thread] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         """Every device's node id."""
         return list(self.contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        """Start each device's handler in a thread; return message ids."""
-        ids = []
-        for message in messages:
-            message_id = f"m{len(self.log) + len(ids) + 1}"
-            thread = threading.Thread(
-                target=self._answer, args=(message_id, message), daemon=True
-            )
-            self._threads[message_id] = thread
-            thread.start()
-            ids.append(message_id)
-        return ids
-
-    def _answer(self, message_id: str, message: Message) -> None:
+    def answer(self, message: Message) -> Message | None:
+        """Run the device's real handler for ``message``; record the exchange."""
         context = self.contexts[message.metadata.dst_node_id]
-        handler = HANDLERS[message.metadata.message_type]
-        reply: Message | None
+        reply: Message | None = None
         try:
-            reply = handler(message, context)
-        except Exception as err:  # a ClientApp exception reaches the server as an Error
-            reply = Message(FlowerError(code=0, reason=repr(err)), reply_to=message)
-        self.log.append(Exchange(message, reply))
-        self._replies[message_id] = reply
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        """The replies that have arrived."""
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
-
-    def send_and_receive(
-        self, messages: Iterable[Message], timeout: float | None = None
-    ) -> list[Message]:
-        """Push, wait for every handler, pull."""
-        ids = self.push_messages(messages)
-        for i in ids:
-            self._threads[i].join(timeout)
-        return self.pull_messages(ids)
+            reply = HANDLERS[message.metadata.message_type](message, context)
+        finally:
+            self.log.append(Exchange(message, reply))
+        return reply

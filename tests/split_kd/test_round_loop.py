@@ -8,7 +8,6 @@ plane's gRPC stream, the split step on both sides, the rollback.
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app import Error as FlowerError
 from flwr.supercore.task_identity import TaskIdentity
 
 from splitkd_flwr.core.types import Workload
@@ -33,6 +31,7 @@ from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split_kd import protocol
 from splitkd_flwr.split_kd.assets import DeviceAssets
 from splitkd_flwr.split_kd.dataplane import DataPlane, run_device_round
+from splitkd_flwr.split_kd.loopback import ThreadedGrid
 from splitkd_flwr.split_kd.strategy import SplitKD
 from splitkd_flwr.transport.stream import DataPlaneServer, DeviceSession, Frame
 from tests.apps.tiny import tiny_llama
@@ -42,50 +41,18 @@ VOCAB, CUT, LAYERS = 300, 2, 4
 Handler = Callable[[Message], Message | None]
 
 
-class FakeGrid:
+class FakeGrid(ThreadedGrid):
     """Flower's Grid API over in-process nodes; a handler returning None never replies."""
 
     def __init__(self, nodes: dict[int, Handler]) -> None:
+        super().__init__()
         self.nodes = nodes
-        self._replies: dict[str, Message] = {}
-        self._threads: dict[str, threading.Thread] = {}
-        self._count = 0
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for message in messages:
-            self._count += 1
-            message_id = f"m{self._count}"
-            handler = self.nodes[message.metadata.dst_node_id]
-            thread = threading.Thread(
-                target=self._answer, args=(message_id, handler, message), daemon=True
-            )
-            self._threads[message_id] = thread
-            thread.start()
-            ids.append(message_id)
-        return ids
-
-    def _answer(self, message_id: str, handler: Handler, message: Message) -> None:
-        try:
-            reply = handler(message)
-        except Exception as err:  # a ClientApp exception reaches the server as an Error
-            reply = Message(FlowerError(code=0, reason=repr(err)), reply_to=message)
-        if reply is not None:
-            self._replies[message_id] = reply
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
-
-    def send_and_receive(
-        self, messages: Iterable[Message], timeout: float | None = None
-    ) -> list[Message]:
-        ids = self.push_messages(messages)
-        for i in ids:
-            self._threads[i].join(timeout)
-        return self.pull_messages(ids)
+    def answer(self, message: Message) -> Message | None:
+        return self.nodes[message.metadata.dst_node_id](message)
 
 
 def _batches() -> list[dict[str, torch.Tensor]]:
