@@ -163,6 +163,12 @@ class RunConfig:
         "`u-shape`: teacher soft labels sent down as top-k log-probs + tail (0: full logits)",
         0,
     )
+    device_private_layers: int = _help(
+        "`seed` mode: the device's first m student layers (input embeddings and blocks "
+        "0..m-1) train on the device and are never uploaded (needs planner `fixed` and "
+        "cut-layer > m; 0: none)",
+        0,
+    )
     smashed_noise: float = _help(
         "epsilon of d_chi-privacy noise per token on the teacher embeddings and student "
         "hidden state a device sends (smaller: more noise; 0: none)",
@@ -321,6 +327,7 @@ class RunConfig:
             f"one of {TRAIN_PRECISIONS}",
         )
         need(self.lora_rank >= 0, "lora-rank", ">= 0")
+        self._check_private_layers()
         need(self.lora_alpha > 0, "lora-alpha", "> 0")
         need(0.0 <= self.lora_dropout < 1.0, "lora-dropout", "in [0, 1)")
         need(
@@ -335,6 +342,30 @@ class RunConfig:
             "1 with lora-rank > 0 or train-precision bf16-mixed (clustered rounds "
             "train a plain fp32 student)",
         )
+
+    def _check_private_layers(self) -> None:
+        """Private device layers need a cut above them in every round: only the `fixed`
+        planner guarantees that, so the other planners are refused with them."""
+        m = self.device_private_layers
+        if m < 0:
+            raise ConfigError(f"device-private-layers must be >= 0, got {m}")
+        if m == 0:
+            return
+        refusals = [
+            (self.planner != "fixed", "planner must be `fixed`"),
+            (self.cut_layer <= m, f"cut-layer must be > {m}"),
+            (self.split_mode != "seed", "split-mode must be `seed`"),
+            (self.lora_rank > 0, "lora-rank must be 0"),
+            (self.cluster_size > 1, "cluster-size must be 1"),
+        ]
+        for refused, need in refusals:
+            if refused:
+                raise ConfigError(
+                    f"device-private-layers = {m} needs: {need} (got planner="
+                    f"{self.planner!r}, cut-layer={self.cut_layer}, split-mode="
+                    f"{self.split_mode!r}, lora-rank={self.lora_rank}, "
+                    f"cluster-size={self.cluster_size})"
+                )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> RunConfig:

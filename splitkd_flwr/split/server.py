@@ -37,6 +37,10 @@ class SplitServer:
 
     A round is ``begin_round`` -> ``step`` per mini-batch -> ``commit`` (the device's
     weights) or ``rollback`` (everything exactly as before ``begin_round``).
+
+    With ``private_layers = m`` the device keeps the student's input embeddings and
+    blocks 0..m-1 to itself: they are neither sent nor committed, so the global student
+    keeps their initial weights (``private_names``).
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class SplitServer:
         *,
         lora: LoraSpec | None = None,
         autocast_dtype: torch.dtype | None = None,
+        private_layers: int = 0,
     ) -> None:
         self.teacher = teacher
         self.student = student
@@ -58,6 +63,7 @@ class SplitServer:
         if lora is not None:
             add_lora(student, lora)
         self.lora = lora
+        self.private_layers = private_layers
         self.device = module_device(student)
         trainable = [p for p in student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=lr)
@@ -89,7 +95,22 @@ class SplitServer:
 
     def device_names(self, cut_layer: int) -> list[str]:
         """The student's state_dict keys the device trains (and returns) at ``cut_layer``."""
-        return device_param_names(self.student, cut_layer, trainable_only=True)
+        private = set(self.private_names())
+        names = device_param_names(self.student, cut_layer, trainable_only=True)
+        return [name for name in names if name not in private]
+
+    def private_names(self) -> list[str]:
+        """The keys the devices keep to themselves (embeddings, blocks < private_layers)."""
+        if self.private_layers == 0:
+            return []
+        return device_param_names(self.student, self.private_layers)
+
+    def private_state(self) -> dict[str, torch.Tensor]:
+        """The server's (initial, never updated) copy of the private layers, on the host."""
+        state = self.student.state_dict()
+        return {
+            name: to_host(state[name].detach()).clone() for name in self.private_names()
+        }
 
     def server_names(self, cut_layer: int) -> list[str]:
         """The student's state_dict keys the server trains at ``cut_layer``."""

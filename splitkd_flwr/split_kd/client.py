@@ -16,6 +16,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from splitkd_flwr.core.errors import ModelError
@@ -45,6 +46,11 @@ from splitkd_flwr.split.ushape import DeviceModules, ushape_head
 from splitkd_flwr.split_kd import assets, protocol
 from splitkd_flwr.split_kd.arrays import from_record, to_record
 from splitkd_flwr.split_kd.dataplane import run_device_round
+from splitkd_flwr.split_kd.private_layers import (
+    load_private,
+    private_path,
+    save_private,
+)
 from splitkd_flwr.split_kd.ushape_plane import run_device_round_ushape
 from splitkd_flwr.transport.stream import DeviceSession, DeviceTLS
 
@@ -83,9 +89,12 @@ def train(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_node_config(context.node_config, context.run_config)
     plan = protocol.RoundPlan.from_record(msg.content[protocol.PLAN])
     torch.manual_seed(plan.seed)
-    device_part, head = _device_part(
-        node, plan, from_record(msg.content[protocol.DEVICE_WEIGHTS])
-    )
+    received = from_record(msg.content[protocol.DEVICE_WEIGHTS])
+    if plan.device_private_layers:
+        initial = from_record(msg.content[protocol.PRIVATE_INIT])
+        private = load_private(node.cache_dir, context.run_id, initial)
+        received = {**received, **private}
+    device_part, head = _device_part(node, plan, received)
     trained = (
         device_part.student
         if head is None
@@ -133,6 +142,11 @@ def train(msg: Message, context: Context) -> Message:
         updated = device_part.student.student_state_dict(trainable_only=True)
     else:
         updated = trained.student_state_dict()
+    if plan.device_private_layers:
+        # Kept here for the next round and deployment; never uploaded.
+        save_private(
+            node.cache_dir, context.run_id, {k: updated.pop(k) for k in list(private)}
+        )
     metrics = MetricRecord(
         {**figures, **energy, "measured-device-round-s": time.perf_counter() - started}
     )
@@ -147,6 +161,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_node_config(context.node_config, context.run_config)
     student = _load_student(node)
     student.load_state_dict(from_record(msg.content[protocol.STUDENT]))
+    own = private_path(node.cache_dir, context.run_id)
+    if own.exists():
+        # The server's copy of the private layers is the initial one; use the trained.
+        loaded = student.load_state_dict(load_file(str(own)), strict=False)
+        if loaded.unexpected_keys:
+            raise ModelError(
+                f"{own} holds unknown tensors {loaded.unexpected_keys[:3]}"
+            )
     student.save_pretrained(node.cache_dir / "deployed-student")
     # Evaluation runs where the device's model runs.
     student.to(resolve_device(node.torch_device, "torch-device"))

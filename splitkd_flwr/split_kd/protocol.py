@@ -10,6 +10,10 @@ One run, as the server sees it:
 3. Per round, ``train`` to ONE node -> ``plan`` ConfigRecord (see :class:`RoundPlan`) and
    ``device-weights`` ArrayRecord (student weights of the device side, layers < cut).
    The reply carries ``device-weights`` (updated) and ``metrics`` MetricRecord.
+   With ``device-private-layers = m > 0`` both ``device-weights`` leave out the student's
+   input embeddings and blocks < m: the device keeps its own (``private-layers.safetensors``
+   in its cache dir), initialised once from ``private-init`` (the initial weights, which
+   the server sends with every train message since its copy never changes).
 4. At the end, ``evaluate`` to every node -> ``student`` ArrayRecord (the whole distilled
    student, which the device keeps: deployment) -> ``metrics`` of the student on its data.
 """
@@ -28,6 +32,7 @@ ASSETS = "assets"
 TEACHER_EMBEDDING = "teacher-embedding"
 PLAN = "plan"
 DEVICE_WEIGHTS = "device-weights"
+PRIVATE_INIT = "private-init"
 STUDENT = "student"
 EVAL_CONFIG = "eval-config"
 
@@ -65,3 +70,5 @@ class RoundPlan(PlanRecord):
     kd_divergence: str
     kd_beta: float
     smashed_noise: float  # d_chi-privacy epsilon on what the device sends (0: none)
+    # the device keeps embeddings and blocks < m to itself (0: none)
+    device_private_layers: int

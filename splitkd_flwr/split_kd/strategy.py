@@ -153,6 +153,11 @@ class SplitKD(RoundStrategy):
                 protocol.DEVICE_WEIGHTS: to_record(device_state),
             }
         )
+        if self.config.device_private_layers:
+            # The initial weights only (the server never learns the trained ones).
+            private = self.server.private_state()
+            content[protocol.PRIVATE_INIT] = to_record(private)
+            device_state = {**device_state, **private}
         message = Message(
             content, dst_node_id=device.node_id, message_type=protocol.TRAIN
         )
@@ -198,6 +203,7 @@ class SplitKD(RoundStrategy):
             kd_divergence=c.kd_divergence,
             kd_beta=c.kd_beta,
             smashed_noise=c.smashed_noise,
+            device_private_layers=c.device_private_layers,
         )
 
     def collect_replies(
@@ -308,6 +314,8 @@ class SplitKD(RoundStrategy):
         )
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(student_dir)
+        if self.config.device_private_layers:
+            _write_private_note(student_dir, self.server.private_names())
         initial, final = records[0], records[-1]
         summary: dict[str, Any] = {
             "initial student perplexity": initial.get("eval-perplexity"),
@@ -376,3 +384,18 @@ def _describe(device: DeviceState, plan: Plan) -> dict[str, Any]:
     if device.uplink_bps is not None:
         described["modelled-uplink-bps"] = device.uplink_bps
     return described
+
+
+def _write_private_note(student_dir: Path, names: list[str]) -> None:
+    """Say which tensors of the saved student are only its initial weights."""
+    lines = [
+        "# Private device layers",
+        "",
+        "This run used `device-private-layers`: the devices trained these tensors and",
+        "kept them; this checkpoint holds their INITIAL weights only (each device's",
+        "deployed student, `deployed-student` in its cache dir, holds its own).",
+        "",
+        *(f"- `{name}`" for name in names),
+        "",
+    ]
+    (student_dir / "PRIVATE-LAYERS.md").write_text("\n".join(lines))

@@ -79,6 +79,7 @@ class Workspace:
             self.config.server_lr,
             lora=self.lora_spec(),
             autocast_dtype=autocast_dtype(self.config.train_precision),
+            private_layers=self.config.device_private_layers,
         )
 
     def loss_fn(self) -> KDLoss:

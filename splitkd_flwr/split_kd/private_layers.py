@@ -1,0 +1,51 @@
+"""The device's private layers (``device-private-layers``): kept in its cache dir, never sent.
+
+The device trains its student's input embeddings and blocks < m like the rest of its
+side, but uploads only blocks m..cut-1; the trained private tensors live in
+``private-layers-run<run_id>.safetensors`` under the node's cache dir between rounds. The
+first round of a run on a device starts them from ``private-init`` (the initial weights
+the server sends, the only copy it has). The file is per run: a new run (or a resumed
+one, which Flower gives a new run id) starts again from the initial weights rather than
+reusing another run's training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from splitkd_flwr.split.partition import check_weights
+
+logger = logging.getLogger(__name__)
+
+
+def private_path(cache_dir: Path, run_id: int) -> Path:
+    """Where this run's private layers of a device live."""
+    return Path(cache_dir) / f"private-layers-run{run_id}.safetensors"
+
+
+def load_private(
+    cache_dir: Path, run_id: int, initial: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The device's own private layers, or ``initial`` the first time in this run.
+
+    Raises ``ModelError`` if a stored file does not match ``initial``'s names and shapes.
+    """
+    path = private_path(cache_dir, run_id)
+    if not path.exists():
+        logger.info("private layers start from the initial weights (%s)", path)
+        return initial
+    own = load_file(str(path))
+    check_weights(initial, own, f"private layers in {path}")
+    return own
+
+
+def save_private(cache_dir: Path, run_id: int, state: dict[str, torch.Tensor]) -> None:
+    """Store the trained private layers (host memory, contiguous) for the next round."""
+    path = private_path(cache_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(host, str(path))
