@@ -91,13 +91,17 @@ def run_and_capture(config: RunConfig, work_dir: Path, num_devices: int) -> Audi
     context = grid.contexts[train.message.metadata.dst_node_id]
     node = NodeConfig.from_node_config(context.node_config)
     tokenizer = load_device_tokenizer(node)
+    sent = train.message.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+    if protocol.PRIVATE_INIT in train.message.content:
+        # The server knows the private layers as they were at the start (it sent them),
+        # never as the device trained them: a stale copy after the device's first round.
+        private = train.message.content[protocol.PRIVATE_INIT].to_torch_state_dict()
+        sent = {**sent, **private}
     capture = RoundCapture(
         split_mode=plan.split_mode,
         cut_layer=plan.cut_layer,
         device_lr=plan.device_lr,
-        sent_weights=train.message.content[
-            protocol.DEVICE_WEIGHTS
-        ].to_torch_state_dict(),
+        sent_weights=sent,
         returned_weights=train.reply.content[
             protocol.DEVICE_WEIGHTS
         ].to_torch_state_dict(),
