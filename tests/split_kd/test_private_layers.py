@@ -8,6 +8,7 @@ part of a round is the same as without private layers, deployment uses the devic
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,12 +72,17 @@ def _rounds(config: RunConfig, work: Path, rounds: int, deploy: bool = False):
     return states, own, grid, work / "devices" / "partition-0", deployed
 
 
-def test_private_layers_stay_on_the_device_and_keep_training(tmp_path: Path) -> None:
-    # Execute
-    config = _config(tmp_path / "models", device_private_layers=2)
-    states, own_per_round, grid, cache_dir, deployed = _rounds(
-        config, tmp_path, 2, deploy=True
-    )
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory: pytest.TempPathFactory):
+    """Two rounds and deployment with ``device-private-layers = 2`` (shared: ~10 s)."""
+    root = tmp_path_factory.mktemp("private")
+    config = _config(root / "models", device_private_layers=2)
+    return config, *_rounds(config, root / "work", 2, deploy=True)
+
+
+def test_private_layers_stay_on_the_device_and_keep_training(private_run) -> None:
+    # Execute (the fixture ran the rounds)
+    config, states, own_per_round, grid, cache_dir, deployed = private_run
 
     # Assert: no train message or reply carries a private tensor
     student = AutoModelForCausalLM.from_pretrained(config.student)
@@ -111,12 +117,11 @@ def test_private_layers_stay_on_the_device_and_keep_training(tmp_path: Path) -> 
         assert torch.equal(kept_state[name], after_2[name]), name
 
 
-def test_server_part_of_a_round_is_unchanged(tmp_path: Path) -> None:
-    # Execute: round 1 with and without private layers (same seed, data, weights)
-    models = tmp_path / "models"
-    plain, _, _, _, _ = _rounds(_config(models), tmp_path / "plain", 1)
-    private_cfg = _config(models, device_private_layers=2)
-    kept, (own,), _, _, _ = _rounds(private_cfg, tmp_path / "private", 1)
+def test_server_part_of_a_round_is_unchanged(tmp_path: Path, private_run) -> None:
+    # Execute: round 1 without private layers (the same tiny models, seed and data)
+    private_cfg, kept, (own, _), *_ = private_run
+    plain_cfg = replace(private_cfg, device_private_layers=0)
+    plain, _, _, _, _ = _rounds(plain_cfg, tmp_path / "plain", 1)
 
     # Assert: the server's update (blocks >= cut, norm, head) is the same, and so is
     # every device tensor: uploaded ones on the server, private ones on the device
