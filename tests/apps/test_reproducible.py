@@ -88,8 +88,12 @@ def test_simulate_and_plain_flwr_run_agree_bit_for_bit(
     # Quiet: no FutureWarning, no warning repeated (per round or per device)
     log = simulated.stdout + simulated.stderr
     assert "FutureWarning" not in log
+    # Flower's own line as Ray stops each ClientApp actor at shutdown comes once per
+    # actor, or not at all, depending on timing: it is not ours, nor per round.
     warnings = [
-        re.sub(r"\d+", "N", line) for line in log.splitlines() if "WARNING" in line
+        re.sub(r"\d+", "N", line)
+        for line in log.splitlines()
+        if "WARNING" in line and "Manually terminating ClientAppActor" not in line
     ]
     assert not [w for w, n in Counter(warnings).items() if n > 1], warnings
     assert "Loading weights" not in log and "Writing model shards" not in log
