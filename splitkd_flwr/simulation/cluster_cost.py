@@ -47,6 +47,7 @@ from splitkd_flwr.simulation.cost import (
     DeviceArrays,
     compute_delay_s,
     compute_energy_j,
+    link_rates,
 )
 from splitkd_flwr.simulation.devices import Fleet
 from splitkd_flwr.simulation.nr_tables import cqi_from_sinr
@@ -153,20 +154,9 @@ class ClusterCostModel:
 
         At ``share == 1`` the devices' own rates are used unchanged (the sequential round).
         """
-        missing = [
-            d.partition_id
-            for d in devices
-            if d.uplink_bps is None or d.downlink_bps is None
-        ]
-        if missing:
-            raise ConfigError(
-                f"clustered planning needs link rates; {missing} lack them"
-            )
+        up, down = link_rates(devices, "clustered planning")
         if share >= 1:
-            return (
-                np.array([d.uplink_bps for d in devices], dtype=float),
-                np.array([d.downlink_bps for d in devices], dtype=float),
-            )
+            return up, down
         if any(d.snr_db is None for d in devices):
             raise ConfigError("sharing the carrier needs each device's uplink SNR")
         up_snr = np.array([d.snr_db for d in devices], dtype=float)

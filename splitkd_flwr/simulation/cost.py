@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from splitkd_flwr.core.errors import ConfigError
-from splitkd_flwr.core.types import Workload
+from splitkd_flwr.core.types import DeviceState, Workload
 from splitkd_flwr.simulation.devices import FLOPS_PER_CYCLE_PER_CORE, DeviceProfile
 
 # Public Hugging Face configs of the modelled pair. The paper's text says "teacher 64 blocks,
@@ -336,3 +336,21 @@ class CostModel:
             downlink_bytes=down_bytes,
             server_clock_hz=clock,
         )
+
+
+def link_rates(
+    devices: Sequence[DeviceState], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(D,) uplink and downlink rates of ``devices``; ``what`` names the caller that needs them."""
+    missing = [
+        d.partition_id
+        for d in devices
+        if d.uplink_bps is None or d.downlink_bps is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"{what} needs link rates (uplink_bps, downlink_bps); devices {missing} lack them"
+        )
+    up = np.array([d.uplink_bps for d in devices], dtype=float)
+    down = np.array([d.downlink_bps for d in devices], dtype=float)
+    return up, down

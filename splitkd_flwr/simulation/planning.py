@@ -14,7 +14,12 @@ import numpy as np
 from splitkd_flwr.core.components import load_component
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.core.types import DeviceState, Workload
-from splitkd_flwr.simulation.cost import CostModel, DeviceArrays, RoundCost
+from splitkd_flwr.simulation.cost import (
+    CostModel,
+    DeviceArrays,
+    RoundCost,
+    link_rates,
+)
 from splitkd_flwr.simulation.devices import DeviceProfile, Fleet, load_fleet
 from splitkd_flwr.simulation.memory import GB, MEMORY_HEADROOM, MemoryModel, fits
 
@@ -142,18 +147,8 @@ class ModelledPlanner(Planner):
     def _links(
         self, devices: Sequence[DeviceState]
     ) -> tuple[DeviceArrays, np.ndarray, np.ndarray]:
-        missing = [
-            d.partition_id
-            for d in devices
-            if d.uplink_bps is None or d.downlink_bps is None
-        ]
-        if missing:
-            raise ConfigError(
-                f"{type(self).__name__} needs uplink_bps and downlink_bps; devices {missing} lack them"
-            )
+        up, down = link_rates(devices, type(self).__name__)
         profiles = [self.fleet.profile(d.profile_name) for d in devices]
-        up = np.array([d.uplink_bps for d in devices], dtype=float)
-        down = np.array([d.downlink_bps for d in devices], dtype=float)
         return DeviceArrays.of(profiles), up, down
 
     def _fixed_cut(

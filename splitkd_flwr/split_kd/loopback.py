@@ -9,6 +9,7 @@ it, and every message and reply is recorded. The data plane stays the real gRPC 
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ class Exchange:
     reply: Message | None
 
 
-class ThreadedGrid:
+class ThreadedGrid(ABC):
     """Flower's Grid calls (push, pull, send-and-receive) over in-process nodes.
 
     Each message is answered by :meth:`answer` in its own thread, as a SuperNode would
@@ -49,13 +50,13 @@ class ThreadedGrid:
         self._replies: dict[str, Message] = {}
         self._threads: dict[str, threading.Thread] = {}
 
+    @abstractmethod
     def get_node_ids(self) -> Iterable[int]:
         """Every node's id."""
-        raise NotImplementedError
 
+    @abstractmethod
     def answer(self, message: Message) -> Message | None:
         """The node's reply to ``message`` (None: no reply)."""
-        raise NotImplementedError
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Start each node's handler in a thread; return message ids."""

@@ -49,3 +49,18 @@ def save_private(cache_dir: Path, run_id: int, state: dict[str, torch.Tensor]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     host = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     save_file(host, str(path))
+
+
+def write_private_note(student_dir: Path, names: list[str]) -> None:
+    """Say, beside the server's saved student, which of its tensors are only initial weights."""
+    lines = [
+        "# Private device layers",
+        "",
+        "This run used `device-private-layers`: the devices trained these tensors and",
+        "kept them; this checkpoint holds their INITIAL weights only (each device's",
+        "deployed student, `deployed-student` in its cache dir, holds its own).",
+        "",
+        *(f"- `{name}`" for name in names),
+        "",
+    ]
+    (student_dir / "PRIVATE-LAYERS.md").write_text("\n".join(lines))

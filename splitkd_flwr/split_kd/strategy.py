@@ -27,6 +27,7 @@ from splitkd_flwr.split_kd.arrays import from_record, state_bytes, to_record
 from splitkd_flwr.split_kd.assets import DeviceAssets
 from splitkd_flwr.split_kd.dataplane import DataPlane, RoundInProgress
 from splitkd_flwr.split_kd.nodes import NodeRegistry
+from splitkd_flwr.split_kd.private_layers import write_private_note
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class SplitKD(RoundStrategy):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(student_dir)
         if self.config.device_private_layers:
-            _write_private_note(student_dir, self.server.private_names())
+            write_private_note(student_dir, self.server.private_names())
         initial, final = records[0], records[-1]
         summary: dict[str, Any] = {
             "initial student perplexity": initial.get("eval-perplexity"),
@@ -384,18 +385,3 @@ def _describe(device: DeviceState, plan: Plan) -> dict[str, Any]:
     if device.uplink_bps is not None:
         described["modelled-uplink-bps"] = device.uplink_bps
     return described
-
-
-def _write_private_note(student_dir: Path, names: list[str]) -> None:
-    """Say which tensors of the saved student are only its initial weights."""
-    lines = [
-        "# Private device layers",
-        "",
-        "This run used `device-private-layers`: the devices trained these tensors and",
-        "kept them; this checkpoint holds their INITIAL weights only (each device's",
-        "deployed student, `deployed-student` in its cache dir, holds its own).",
-        "",
-        *(f"- `{name}`" for name in names),
-        "",
-    ]
-    (student_dir / "PRIVATE-LAYERS.md").write_text("\n".join(lines))
