@@ -31,10 +31,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.flower.checkpoint_folder import (
+    CHECKPOINT_DIR,
+    PARTIAL_SUFFIX,
+    complete_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -158,7 +162,7 @@ class CheckpointStore:
             "run-config": checkpoint.run_config,
         }
         final = self.root / f"round-{checkpoint.server_round:04d}"
-        partial = final.with_name(final.name + ".partial")
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         save_file(tensors, str(partial / TENSORS_FILE))
@@ -169,14 +173,14 @@ class CheckpointStore:
             shutil.rmtree(final)
         os.replace(partial, final)
         _fsync(self.root)
-        for old in self._complete():
+        for old in complete_checkpoints(self.root):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
     def latest(self) -> Checkpoint | None:
         """The newest complete checkpoint, or None if there is none."""
-        complete = self._complete()
+        complete = complete_checkpoints(self.root)
         if not complete:
             return None
         folder = complete[-1]
@@ -194,23 +198,9 @@ class CheckpointStore:
             run_config=document["run-config"],
         )
 
-    def newest_round(self) -> int | None:
-        """The round of the newest complete checkpoint (from its folder name only)."""
-        complete = self._complete()
-        return int(complete[-1].name.removeprefix("round-")) if complete else None
-
     def clear(self) -> None:
         """Remove every checkpoint (the run finished and saved its result)."""
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def _complete(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p
-            for p in self.root.glob("round-*")
-            if p.is_dir() and not p.name.endswith(".partial")
-        )
 
 
 def _fsync(path: Path) -> None:

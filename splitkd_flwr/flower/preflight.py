@@ -18,6 +18,7 @@ from typing import Any
 from splitkd_flwr.core.components import component_class
 from splitkd_flwr.core.constants import STUDENT_NUM_LAYERS
 from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.flower.checkpoint_folder import refuse_a_checkpoint
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.vehicle_data import VehicleData
 from splitkd_flwr.simulation.cluster_planning import CLUSTER_SELECTORS, ClusterSelector
@@ -41,6 +42,8 @@ def check_run(config: RunConfig, explicit: Collection[str] = ()) -> None:
         even when the planner plans its own cut; the default one only for ``fixed``.
     """
     _check_files(config)
+    if not config.resume:
+        refuse_a_checkpoint(Path(config.output_dir).expanduser())
     component_class(config.selector, Selector, SELECTORS)
     planner = component_class(config.planner, Planner, PLANNERS)
     if config.cluster_size > 1:

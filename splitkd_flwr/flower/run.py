@@ -27,6 +27,7 @@ from splitkd_flwr.flower.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from splitkd_flwr.flower.checkpoint_folder import refuse_a_checkpoint
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.environment import environment_record
 from splitkd_flwr.flower.loop import RoundStrategy, run_rounds
@@ -123,7 +124,7 @@ def resumable(checkpoints: CheckpointStore, config: RunConfig) -> Checkpoint | N
     A fresh run never overwrites a checkpoint: it asks for ``resume`` or another folder.
     """
     if not config.resume:
-        refuse_a_checkpoint(checkpoints)
+        refuse_a_checkpoint(checkpoints.root.parent)
         return None
     latest = checkpoints.latest()
     if latest is None:
@@ -142,17 +143,6 @@ def resumable(checkpoints: CheckpointStore, config: RunConfig) -> Checkpoint | N
         )
     logger.info("resume: continuing after round %d", latest.server_round)
     return latest
-
-
-def refuse_a_checkpoint(checkpoints: CheckpointStore) -> None:
-    """Raise ConfigError if a fresh run would start over a run it could resume."""
-    newest = checkpoints.newest_round()
-    if newest is not None:
-        raise ConfigError(
-            f"{checkpoints.root} holds a checkpoint after round {newest}: set "
-            "resume=true (splitkd simulate --resume) to continue that run, or choose "
-            "another output-dir"
-        )
 
 
 def checkpointer(

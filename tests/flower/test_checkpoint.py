@@ -10,7 +10,9 @@ import click
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from splitkd_flwr.cli import app
 from splitkd_flwr.commands.simulate import simulation_run_config
 from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.flower.checkpoint import (
@@ -149,5 +151,23 @@ def test_a_relative_output_dir_from_set_is_made_absolute_where_it_was_typed(
 ) -> None:
     # The ServerApp runs in the SuperLink's working directory, not the user's.
     monkeypatch.chdir(tmp_path)
-    config = simulation_run_config(Path("ignored"), None, None, {"output-dir": "runs/a"})
+    config = simulation_run_config(
+        Path("ignored"), None, None, {"output-dir": "runs/a"}
+    )
     assert config["output-dir"] == str(tmp_path / "runs" / "a")
+
+
+def test_simulate_refuses_a_fresh_run_over_a_checkpoint_before_starting(
+    tmp_path: Path,
+) -> None:
+    model, optimizer = _trained_optimizer()
+    CheckpointStore(tmp_path).save(
+        Checkpoint(2, _state(model, optimizer), [{"round": 0}], {})
+    )
+    result = CliRunner().invoke(
+        app, ["simulate", "--rounds", "1", "--output-dir", str(tmp_path)]
+    )
+    # Exit code 2 comes from the config check, before a SuperLink or a model starts.
+    assert result.exit_code == 2, result.output
+    assert "holds a checkpoint after round 2" in result.output
+    assert "resume" in result.output
