@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from splitkd_flwr.core.constants import SPLIT_MODES
+from splitkd_flwr.core.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DeviceState:
@@ -49,3 +52,22 @@ class Workload:
     # Whether planners refuse cuts that do not fit a profile's memory (a run: yes; the
     # paper's case study, which assumes memory is no constraint: no).
     memory_limits: bool = False
+    # Where the student's head and the loss run (core.constants.SPLIT_MODES): "seed" sends
+    # labels up; "u-shape" keeps head and loss on the device and adds a second exchange.
+    split_mode: str = "seed"
+    # u-shape: the teacher's soft labels go down as top-k log-probs + ids + tail (0: the
+    # full distribution); ignored in "seed" mode, where the teacher's output stays put.
+    teacher_top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split_mode not in SPLIT_MODES:
+            raise ConfigError(
+                f"split mode must be one of {SPLIT_MODES}, got {self.split_mode!r}"
+            )
+        if self.teacher_top_k < 0:
+            raise ConfigError(f"teacher top-k must be >= 0, got {self.teacher_top_k}")
+
+    @property
+    def ushape(self) -> bool:
+        """Whether the device runs the student's head and the loss."""
+        return self.split_mode == "u-shape"

@@ -37,7 +37,10 @@ LLAMA_3_1_8B: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 TRAIN_FACTOR = 3.0  # forward + backward (input and weight gradients = 2x forward)
-LABEL_BYTES_PER_TOKEN = 8  # int64 label ids travel with the smashed data
+# Integer tensors travel as they are, whatever the wire dtype: int64 (8 B) per element.
+LABEL_BYTES_PER_TOKEN = 8  # seed mode: the labels go up with the smashed data
+MASK_BYTES_PER_TOKEN = 8  # both modes: the attention mask goes up with the smashed data
+ID_BYTES = 8  # u-shape with top-k: each of the teacher's k token ids goes down
 
 
 @dataclass(frozen=True)
@@ -97,15 +100,44 @@ class ModelShape:
         return 2.0 * self.hidden * self.vocab * seq_len
 
 
+def frame_bytes_per_token(
+    workload: Workload, student: ModelShape, teacher: ModelShape
+) -> tuple[float, float]:
+    """Data-plane bytes per token of one mini-batch, (up, down), in the workload's split mode.
+
+    Floats travel in the wire dtype (``w`` bytes), integers as int64. ``seed``: up the
+    teacher embeddings, the student hidden state at the cut, the mask and the labels;
+    down the gradient at the cut. ``u-shape`` (split_kd/ushape_plane.py): up the same
+    without the labels, then the gradient at the top; down the student hidden state after
+    the server's blocks and the teacher's soft labels (V floats, or with top-k: k
+    log-probs, k ids and the tail mass), then the gradient at the cut.
+    """
+    w = workload.wire_bytes_per_element
+    smashed = (student.hidden + teacher.hidden) * w + MASK_BYTES_PER_TOKEN
+    grad = (
+        student.hidden * w
+    )  # the gradient at the cut, and in u-shape the one at the top
+    if not workload.ushape:
+        return smashed + LABEL_BYTES_PER_TOKEN, grad
+    k = workload.teacher_top_k
+    if k > teacher.vocab:
+        raise ConfigError(
+            f"teacher top-k {k} exceeds the teacher's vocabulary ({teacher.vocab})"
+        )
+    soft = teacher.vocab * w if k == 0 else k * w + k * ID_BYTES + w
+    return smashed + grad, student.hidden * w + soft + grad
+
+
 @dataclass(frozen=True)
 class RoundCost:
     """Modelled delay (s), energy (J) and bytes of a round; every field broadcasts together."""
 
     device_compute_s: np.ndarray
-    # smashed data + labels every batch, device-side weights at the end
+    # every batch's up frames (frame_bytes_per_token), device-side weights at the end
     uplink_s: np.ndarray
     server_compute_s: np.ndarray
-    downlink_s: np.ndarray  # gradients every batch, device-side weights at the start
+    # every batch's down frames, device-side weights at the start
+    downlink_s: np.ndarray
     device_compute_j: np.ndarray
     device_tx_j: np.ndarray
     server_compute_j: np.ndarray
@@ -210,8 +242,10 @@ class CostModel:
     Parameters
     ----------
     workload : Workload
-        Batch, sequence length, batches per round, wire dtypes and the modelled configs
-        (empty configs: Llama-3.2-1B student with ``num_student_layers`` layers, Llama-3.1-8B teacher).
+        Batch, sequence length, batches per round, wire dtypes, the modelled configs
+        (empty configs: Llama-3.2-1B student with ``num_student_layers`` layers, Llama-3.1-8B
+        teacher) and the split mode (``u-shape``: the device also trains the final norm and
+        LM head, and the link carries its extra exchange).
     server : DeviceProfile
         The edge server; its ``tx_power_w`` is the base station's downlink power.
     attention_factor : float
@@ -244,26 +278,33 @@ class CostModel:
             s, attention_factor
         )
         teacher += self.teacher.head_forward_flops(s)  # frozen teacher: forward only
-        student_head = TRAIN_FACTOR * self.student.head_forward_flops(s)
+        # The student's final norm + LM head, trained where the loss is: the server in
+        # seed mode, the device in u-shape (norms ~0 FLOPs).
+        head = TRAIN_FACTOR * self.student.head_forward_flops(s)
+        device_head, server_head = (head, 0.0) if w.ushape else (0.0, head)
         # (C,) per-round FLOPs; the embedding lookups (teacher's and student's) are gathers, ~0 FLOPs
-        self.device_flops = sequences * layer * self.cuts
+        self.device_flops = sequences * (layer * self.cuts + device_head)
         self.server_flops = sequences * (
-            layer * (self.student.layers - self.cuts) + student_head + teacher
+            layer * (self.student.layers - self.cuts) + server_head + teacher
         )
-        tokens = sequences * s
-        smashed_up = tokens * (
-            (self.student.hidden + self.teacher.hidden) * w.wire_bytes_per_element
-            + LABEL_BYTES_PER_TOKEN
+        up_per_token, down_per_token = frame_bytes_per_token(
+            w, self.student, self.teacher
         )
-        grad_down = tokens * self.student.hidden * w.wire_bytes_per_element
-        device_params = (
-            self.student.vocab * self.student.hidden
-            + self.student.layer_params * self.cuts
+        # Data-plane bytes of one mini-batch each way (frame headers not counted)
+        self.batch_up_bytes = w.batch_size * s * up_per_token
+        self.batch_down_bytes = w.batch_size * s * down_per_token
+        table = self.student.vocab * self.student.hidden
+        # The device trains (and so receives and returns) its embeddings, its blocks and
+        # in u-shape the LM head
+        device_params = table * (2 if w.ushape else 1) + (
+            self.student.layer_params * self.cuts
         )
         # (C,) each way per round
         self.param_bytes = device_params * w.param_bytes_per_element
-        self.uplink_bytes = smashed_up + self.param_bytes  # (C,)
-        self.downlink_bytes = grad_down + self.param_bytes  # (C,)
+        self.uplink_bytes = w.batches_per_round * self.batch_up_bytes + self.param_bytes
+        self.downlink_bytes = (
+            w.batches_per_round * self.batch_down_bytes + self.param_bytes
+        )
         # (C,) server cycles: server_compute_s = server_cycles / f
         self.server_cycles = self.server_flops / (
             server.cores * FLOPS_PER_CYCLE_PER_CORE * server.utilisation

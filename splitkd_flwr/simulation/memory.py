@@ -19,6 +19,13 @@ What is counted (per side, for the student blocks it runs):
   forward's working set and the loss's logits (``LOGIT_COPIES`` fp32-sized copies of
   B x T x V).
 
+In ``u-shape`` (``Workload.split_mode``) the final norm, the LM head and the loss move to
+the device: it trains the head (weights, gradients, AdamW moments) and holds the loss's
+logits (``LOGIT_COPIES`` copies of B x T x V, counted with its activations) and the
+student hidden state the server returns with its gradient; the server trains blocks
+``>= cut`` only and holds just the teacher's logits and what its soft labels take
+(``SOFT_LABEL_COPIES``).
+
 Not counted: the framework's own footprint (CUDA context, allocator slack), which the
 planner's ``MEMORY_HEADROOM`` leaves room for.
 """
@@ -43,6 +50,10 @@ ACTIVATION_ELEMENTS = (6, 2, 4)
 # Copies of the (B, T, V) logits the KD loss and its backward hold at once, fp32-sized:
 # student logits, their fp32 log-softmax, teacher log-softmax, the gradient.
 LOGIT_COPIES = 4
+# u-shape server: fp32-sized (B, T, V) copies behind the soft labels it sends: the full
+# distribution is the teacher's logits as they are; top-k adds their log-softmax and the
+# copy with the k kept tokens masked out, whose logsumexp is the tail (split/loss.py).
+SOFT_LABEL_COPIES = {"full": 1, "top-k": 3}
 FP32_BYTES, HALF_BYTES, ADAMW_MOMENTS = 4, 2, 2
 LORA_TARGETS_PER_BLOCK = 7  # q, k, v, o, gate, up, down
 
@@ -147,14 +158,26 @@ class MemoryModel:
 
         The device's optimizer is fresh each round and holds its side only.
         """
-        s, t, cuts = self.student, self.teacher, self.cuts
-        total, trained = self._counts(cuts, s.vocab * s.hidden)
-        table = t.vocab * t.hidden * self.workload.teacher_bytes_per_element
+        w, s, t, cuts = self.workload, self.student, self.teacher, self.cuts
+        # u-shape: the LM head (a matrix autocast copies) and the final norm
+        head_matrix = s.vocab * s.hidden if w.ushape else 0
+        head = head_matrix + s.hidden if w.ushape else 0
+        total, trained = self._counts(cuts, s.vocab * s.hidden + head)
+        table = t.vocab * t.hidden * w.teacher_bytes_per_element
+        activations = self._activations(cuts)
+        if w.ushape:
+            tokens = w.batch_size * w.seq_len
+            # the loss's logits, and the returned hidden state at the top with its gradient
+            activations = activations + tokens * FP32_BYTES * (
+                LOGIT_COPIES * s.vocab + 2 * s.hidden
+            )
         return MemoryEstimate(
-            weights=self._weight_bytes(total, trained, cuts * s.layer_params),
+            weights=self._weight_bytes(
+                total, trained, cuts * s.layer_params + head_matrix
+            ),
             gradients=trained * FP32_BYTES,
             optimizer=trained * FP32_BYTES * ADAMW_MOMENTS,
-            activations=self._activations(cuts),
+            activations=activations,
             teacher=np.full(cuts.shape, float(table)),
         )
 
@@ -168,18 +191,24 @@ class MemoryModel:
         whole, whole_trained = self._counts(
             np.full(cuts.shape, s.layers), head + s.vocab * s.hidden
         )
-        _, trained = self._counts(upper, head)
+        # u-shape: the head trains (and its logits live) on the device
+        _, trained = self._counts(upper, 0 if w.ushape else head)
         teacher_params = (
             t.layers * (t.layer_params + 2 * t.hidden) + 2 * t.vocab * t.hidden
         )
         tokens = w.batch_size * w.seq_len
         working = tokens * (sum(ACTIVATION_ELEMENTS) * t.hidden + t.intermediate)
-        logits = LOGIT_COPIES * tokens * s.vocab * FP32_BYTES
+        copies = LOGIT_COPIES
+        if w.ushape:
+            copies = SOFT_LABEL_COPIES["top-k" if w.teacher_top_k else "full"]
+        logits = copies * tokens * s.vocab * FP32_BYTES
         teacher = (teacher_params + working) * w.teacher_bytes_per_element + logits
         moments = trained * FP32_BYTES * ADAMW_MOMENTS
         return MemoryEstimate(
             weights=self._weight_bytes(
-                whole, whole_trained, upper * s.layer_params + s.vocab * s.hidden
+                whole,
+                whole_trained,
+                upper * s.layer_params + (0 if w.ushape else s.vocab * s.hidden),
             ),
             gradients=trained * FP32_BYTES,
             optimizer=moments,
@@ -191,11 +220,15 @@ class MemoryModel:
 
     def weights_bytes_per_round(self) -> np.ndarray:
         """What one direction of a round's Flower message carries per cut: the device's
-        trained tensors in fp32 (LoRA: its adapters; else embeddings and blocks)."""
+        trained tensors in fp32 (LoRA: its adapters; else embeddings and blocks, and in
+        u-shape the final norm and LM head)."""
         s = self.student
         if self.workload.lora_rank > 0:
             return self.cuts * lora_block_params(s, self.workload.lora_rank) * 4.0
-        return (self.cuts * (s.layer_params + 2 * s.hidden) + s.vocab * s.hidden) * 4.0
+        head = s.vocab * s.hidden + s.hidden if self.workload.ushape else 0
+        return (
+            self.cuts * (s.layer_params + 2 * s.hidden) + s.vocab * s.hidden + head
+        ) * 4.0
 
 
 def fits(total_bytes: np.ndarray, memory_bytes: float) -> np.ndarray:

@@ -123,6 +123,8 @@ class Workspace:
             else self.teacher.dtype.itemsize,
             gradient_checkpointing=c.gradient_checkpointing,
             memory_limits=True,
+            split_mode=c.split_mode,
+            teacher_top_k=c.teacher_top_k,
         )
 
     def device_assets(

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from splitkd_flwr.data.corpus import generate_corpus
 from splitkd_flwr.data.tokenizer import train_tokenizer
+from splitkd_flwr.flower.config import RunConfig
 
 
 def tiny_llama(vocab_size: int, hidden: int, layers: int) -> LlamaForCausalLM:
@@ -41,3 +42,24 @@ def save_tiny_pair(root: Path, student_layers: int = 4) -> tuple[Path, Path]:
     tokenizer.save_pretrained(teacher_dir)
     student.save_pretrained(student_dir)
     return teacher_dir, student_dir
+
+
+def tiny_run_config(models: Path, **overrides: object) -> RunConfig:
+    """A run of the tiny pair (saved under ``models``) small enough for one process: one
+    round of two 4 x 16 mini-batches, fixed cut 2, no modelled world; ``overrides`` win."""
+    teacher_dir, student_dir = save_tiny_pair(models)
+    values: dict[str, object] = {
+        "num_rounds": 1,
+        "max_batches_per_epoch": 2,
+        "batch_size": 4,
+        "seq_len": 16,
+        "eval_batches": 1,
+        "planner": "fixed",
+        "cut_layer": 2,
+        "scenario": "none",
+        "server_clock": "none",
+        "server_energy_meter": "none",
+        "teacher": str(teacher_dir),
+        "student": str(student_dir),
+    }
+    return RunConfig(**{**values, **overrides})

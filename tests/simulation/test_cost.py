@@ -73,7 +73,7 @@ def test_forward_flops_match_torch_flop_counter() -> None:
     assert train.get_total_flops() == pytest.approx(3 * modelled, rel=0.03)
 
 
-def _model(**workload: int) -> CostModel:
+def _model(**workload: object) -> CostModel:
     w = Workload(
         num_student_layers=16,
         batch_size=8,
@@ -150,3 +150,52 @@ def test_configs_must_agree_with_the_workload() -> None:
         CostModel(Workload(12, 1, 8, 1, student_config=TINY), Fleet().server_profile)
     with pytest.raises(ConfigError):
         ModelShape.from_config({"hidden_size": 8})
+
+
+def test_ushape_moves_the_head_to_the_device_and_prices_its_exchange() -> None:
+    # Prepare: the same round in both modes (bf16 wire, Llama-3.2-1B / 3.1-8B shapes)
+    seed, full = _model(), _model(split_mode="u-shape")
+    top8 = _model(split_mode="u-shape", teacher_top_k=8)
+    one_b = ModelShape.from_config(LLAMA_3_2_1B)
+    tokens = 8 * 512
+    # Assert: the head's training (3x its forward) moves from the server to the device
+    head = 3 * one_b.head_forward_flops(512) * 8 * 4
+    assert np.allclose(full.device_flops - seed.device_flops, head)
+    assert np.allclose(seed.server_flops - full.server_flops, head)
+    assert np.allclose(
+        full.device_flops + full.server_flops, seed.device_flops + seed.server_flops
+    )
+    assert np.array_equal(top8.device_flops, full.device_flops)
+    # bytes per token, by hand: d_s = 2048, d_t = 4096, V = 128256, 2 B floats, 8 B ints
+    smashed = (2048 + 4096) * 2 + 8  # + the int64 mask
+    assert seed.batch_up_bytes == tokens * (smashed + 8)  # + the int64 labels
+    assert seed.batch_down_bytes == tokens * 2048 * 2  # the gradient at the cut
+    assert full.batch_up_bytes == tokens * (smashed + 2048 * 2)  # + gradient at the top
+    # hidden state at the top, soft labels, gradient at the cut
+    assert full.batch_down_bytes == tokens * (2048 * 2 + 128256 * 2 + 2048 * 2)
+    # top-8: k log-probs (wire floats), k int64 ids, the tail mass
+    assert top8.batch_down_bytes == tokens * (2048 * 2 + 8 * 2 + 8 * 8 + 2 + 2048 * 2)
+    assert top8.batch_up_bytes == full.batch_up_bytes
+    # the device also receives and returns the LM head each round
+    assert np.array_equal(
+        full.param_bytes - seed.param_bytes, np.full(15, 128256 * 2048 * 2)
+    )
+    per_round = full.downlink_bytes - full.param_bytes
+    assert np.allclose(per_round, 4 * full.batch_down_bytes)
+    # at fp32 the full distribution alone is 128256 x 4 B = 513 kB per token
+    fp32 = CostModel(
+        Workload(16, 8, 512, 4, split_mode="u-shape"), Fleet().server_profile
+    )
+    soft_per_token = fp32.batch_down_bytes / tokens - 2 * 2048 * 4
+    assert soft_per_token == 128256 * 4
+
+
+def test_split_mode_and_top_k_are_checked() -> None:
+    with pytest.raises(ConfigError, match="split mode"):
+        Workload(16, 8, 512, 4, split_mode="v-shape")
+    with pytest.raises(ConfigError, match="top-k"):
+        Workload(16, 8, 512, 4, split_mode="u-shape", teacher_top_k=-1)
+    with pytest.raises(ConfigError, match="vocabulary"):
+        _model(split_mode="u-shape", teacher_top_k=128257)
+    # seed mode sends no soft labels: its top-k changes nothing
+    assert _model(teacher_top_k=8).batch_down_bytes == _model().batch_down_bytes

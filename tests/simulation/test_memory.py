@@ -125,3 +125,42 @@ def test_without_memory_limits_planners_ignore_memory() -> None:
     planner = Fixed(replace(FULL, memory_limits=False), cut_layer=15)
     state = DeviceState(0, 0, "orin-nx-0.76", uplink_bps=1e8, downlink_bps=1e8)
     assert planner.plan(state, 1).cut_layer == 15
+
+
+def test_ushape_device_holds_the_head_and_the_logits() -> None:
+    # Prepare
+    seed, ushape = MemoryModel(FULL), MemoryModel(replace(FULL, split_mode="u-shape"))
+    vocab, hidden, tokens = 128256, 2048, 8 * 64
+    head = vocab * hidden + hidden  # LM head + final norm
+
+    # Execute
+    grown = ushape.device().total - seed.device().total
+    shrunk = seed.server().total - ushape.server().total
+
+    # Assert: the device trains the head (fp32 weights, gradients, two AdamW moments)
+    # and holds the loss's (B, T, V) logits; the server no longer does either
+    logits = 4 * tokens * vocab * 4  # LOGIT_COPIES fp32 copies
+    assert np.all(grown >= head * 16 + logits)
+    assert np.all(shrunk >= head * 12 + 3 * tokens * vocab * 4)
+    np.testing.assert_array_equal(
+        ushape.device().gradients - seed.device().gradients, head * 4
+    )
+    # the weights a round carries each way gain the head
+    np.testing.assert_array_equal(
+        ushape.weights_bytes_per_round() - seed.weights_bytes_per_round(), head * 4
+    )
+
+
+def test_ushape_at_8_x_512_does_not_fit_a_16_gb_orin_nx_where_seed_does() -> None:
+    # Prepare: the real workload's mini-batch (8 x 512), full fine-tuning
+    seed = replace(FULL, seq_len=512)
+    ushape = replace(seed, split_mode="u-shape")
+    orin_nx_16gb = DEFAULT_PROFILES["orin-nx-0.91"]
+    assert orin_nx_16gb.memory_bytes == 16e9
+    state = DeviceState(0, 0, "orin-nx-0.91", uplink_bps=1e8, downlink_bps=1e8)
+
+    # Execute / Assert: 4.2 GB of head training and 8.4 GB of logits move to the device
+    assert Fixed(seed, cut_layer=1).plan(state, 1).cut_layer == 1
+    assert not EnergyOptimal(ushape).cut_fits(orin_nx_16gb).any()
+    with pytest.raises(ConfigError, match=r"cut-layer 1 does not fit: the device side"):
+        Fixed(ushape, cut_layer=1).plan(state, 1)

@@ -1,6 +1,7 @@
 """Tests of the planners: energy-optimal equals exhaustive search; baselines; loading."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from splitkd_flwr.simulation.planning import (
     ServerOnly,
     load_planner,
 )
+from splitkd_flwr.simulation.scenario import Scenario
 
 WORKLOAD = Workload(
     num_student_layers=16,
@@ -29,7 +31,7 @@ WORKLOAD = Workload(
 
 
 def _random_instance(
-    rng: np.random.Generator,
+    rng: np.random.Generator, **mode: object
 ) -> tuple[Workload, Fleet, list[DeviceState], float]:
     """A random fleet (server with random power model and clock steps), devices, links, bound."""
     server = DeviceProfile(
@@ -68,6 +70,7 @@ def _random_instance(
         int(rng.integers(1, 50)),
         int(rng.choice([2, 4])),
         int(rng.choice([2, 4])),
+        **mode,
     )
     states = [
         DeviceState(
@@ -99,10 +102,30 @@ def _brute_force(
 
 def test_energy_optimal_equals_exhaustive_search_on_random_instances() -> None:
     rng = np.random.default_rng(42)
+    feasible_seen, infeasible_seen = _check_against_exhaustive_search(rng, 150)
+    assert feasible_seen > 100 and infeasible_seen > 20  # both branches exercised
+
+
+def test_energy_optimal_equals_exhaustive_search_in_u_shape() -> None:
+    # u-shape moves the head's FLOPs to the device and adds its exchange to the link;
+    # half the instances send the full distribution, half a random top-k
+    rng = np.random.default_rng(7)
+    feasible_seen, infeasible_seen = _check_against_exhaustive_search(
+        rng, 100, split_mode="u-shape", top_k=True
+    )
+    assert feasible_seen > 50 and infeasible_seen > 20  # both branches exercised
+
+
+def _check_against_exhaustive_search(
+    rng: np.random.Generator, instances: int, top_k: bool = False, **mode: object
+) -> tuple[int, int]:
+    """Plan random instances; assert each plan is the brute force's; count both kinds."""
     feasible_seen = infeasible_seen = 0
-    for _ in range(150):
+    for i in range(instances):
         # Prepare
-        workload, fleet, states, bound = _random_instance(rng)
+        if top_k:
+            mode["teacher_top_k"] = 0 if i % 2 else int(rng.integers(1, 65))
+        workload, fleet, states, bound = _random_instance(rng, **mode)
         planner = EnergyOptimal(workload, delay_bound_s=bound, fleet=fleet)
         # Execute
         plans = planner.plan_many(states, 1, warn=False)
@@ -122,7 +145,7 @@ def test_energy_optimal_equals_exhaustive_search_on_random_instances() -> None:
                 assert plan.modelled["delay_s"] == pytest.approx(delay.min(), rel=1e-12)
             assert plan.server_clock_hz in planner.clock_steps_hz
             assert 1 <= plan.cut_layer <= workload.num_student_layers - 1
-    assert feasible_seen > 100 and infeasible_seen > 20  # both branches exercised
+    return feasible_seen, infeasible_seen
 
 
 def test_unbounded_plan_is_the_global_energy_minimum() -> None:
@@ -219,3 +242,30 @@ class HalfwayPlanner(Planner):
         from splitkd_flwr.simulation.planning import Plan
 
         return Plan(cut_layer=self.workload.num_student_layers // 2)
+
+
+def test_ushape_full_distributions_dominate_the_downlink_and_top_k_fixes_it() -> None:
+    # Prepare: the default world's ten vehicles in round 1, Llama-3.2-1B / 3.1-8B shapes
+    scenario = Scenario()
+    states = [scenario.device_state(p, 1) for p in range(scenario.num_devices)]
+
+    def plans(**mode: object) -> list:
+        # bench/plan.py's round: 10 mini-batches of 8 x 512, bf16 wire and weights
+        workload = replace(WORKLOAD, batches_per_round=10, **mode)
+        return EnergyOptimal(workload, fleet=scenario.fleet).plan_many(states, 1)
+
+    # Execute
+    seed = plans()
+    full = plans(split_mode="u-shape")
+    top8 = plans(split_mode="u-shape", teacher_top_k=8)
+
+    # Assert: per vehicle, the full distribution (V = 128256 per token) is most of what
+    # the link carries and multiplies the downlink time >10x; top-8 brings it back
+    # within 2x of seed mode (the hidden state at the top still goes down), saving energy
+    for s, f, t in zip(seed, full, top8, strict=True):
+        soft_labels = f.modelled["downlink_bytes"] - t.modelled["downlink_bytes"]
+        link_bytes = f.modelled["downlink_bytes"] + f.modelled["uplink_bytes"]
+        assert soft_labels > 0.75 * link_bytes
+        assert f.modelled["downlink_s"] > 10 * s.modelled["downlink_s"]
+        assert t.modelled["downlink_s"] < 2 * s.modelled["downlink_s"]
+        assert t.modelled["energy_j"] < f.modelled["energy_j"]

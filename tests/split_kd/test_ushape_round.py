@@ -12,29 +12,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
-from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.split.step import make_labels
 from splitkd_flwr.split_kd.audit_run import AuditRun, run_and_capture
-from tests.apps.tiny import save_tiny_pair
+from tests.apps.tiny import tiny_run_config
 
 
 def _run(tmp_path: Path, **overrides: object) -> AuditRun:
-    teacher_dir, student_dir = save_tiny_pair(tmp_path / "models")
-    config = RunConfig(
-        num_rounds=1,
-        max_batches_per_epoch=2,
-        batch_size=4,
-        seq_len=16,
-        eval_batches=1,
-        planner="fixed",
-        cut_layer=2,
-        scenario="none",
-        server_clock="none",
-        server_energy_meter="none",
-        teacher=str(teacher_dir),
-        student=str(student_dir),
-        **overrides,
-    )
+    config = tiny_run_config(tmp_path / "models", **overrides)
     return run_and_capture(config, tmp_path / "work", num_devices=1)
 
 
