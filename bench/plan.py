@@ -134,9 +134,8 @@ def main() -> None:
     )
     parser.add_argument("--device", type=int, default=8, help="vehicle of --costs")
     args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(
-        logging.ERROR
-    )  # infeasible rounds would warn each call
+    # Infeasible rounds would warn each call (the planners log under splitkd_flwr)
+    logging.getLogger("splitkd_flwr").setLevel(logging.ERROR)
 
     scenario = Scenario()
     workload = Workload(16, 8, 512, 10, 2, 2)
