@@ -114,9 +114,8 @@ def frame_bytes_per_token(
     """
     w = workload.wire_bytes_per_element
     smashed = (student.hidden + teacher.hidden) * w + MASK_BYTES_PER_TOKEN
-    grad = (
-        student.hidden * w
-    )  # the gradient at the cut, and in u-shape the one at the top
+    # the gradient at the cut (and in u-shape the one at the top)
+    grad = student.hidden * w
     if not workload.ushape:
         return smashed + LABEL_BYTES_PER_TOKEN, grad
     k = workload.teacher_top_k
