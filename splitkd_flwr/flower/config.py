@@ -342,6 +342,16 @@ class RunConfig:
             "1 with lora-rank > 0 or train-precision bf16-mixed (clustered rounds "
             "train a plain fp32 student)",
         )
+        need(
+            self.cluster_size <= 1 or self.split_mode == "seed",
+            "cluster-size",
+            "1 with split-mode u-shape (clustered rounds run the seed split)",
+        )
+        need(
+            self.split_mode == "seed" or self.lora_rank == 0,
+            "lora-rank",
+            "0 with split-mode u-shape (the device's head has no LoRA path yet)",
+        )
 
     def _check_private_layers(self) -> None:
         """Private device layers need a cut above them in every round: only the `fixed`

@@ -45,3 +45,16 @@ def test_bad_values_name_the_key(key: str, value: object, words: str) -> None:
 
 def test_ints_are_accepted_for_floats() -> None:
     assert RunConfig.from_run_config({"device-lr": 1}).device_lr == 1.0
+
+
+@pytest.mark.parametrize(
+    ("pair", "words"),
+    [
+        ({"cluster-size": 3}, "cluster-size must be 1 with split-mode u-shape"),
+        ({"lora-rank": 4}, "lora-rank must be 0 with split-mode u-shape"),
+    ],
+)
+def test_u_shape_refuses_what_it_cannot_run(pair: dict, words: str) -> None:
+    RunConfig.from_run_config(pair)  # fine in seed mode
+    with pytest.raises(ConfigError, match=words):
+        RunConfig.from_run_config({"split-mode": "u-shape", **pair})
