@@ -7,13 +7,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import grpc
-from grpc._cython import cygrpc
-
 from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.frame import Frame, TensorSpec
 
-__all__ = ["OnFrame", "RoundHandle", "RoundStats", "cancel_with_reason"]
+__all__ = ["OnFrame", "RoundHandle", "RoundStats"]
 
 OnFrame = Callable[[Frame], Frame]
 
@@ -23,31 +20,16 @@ class RoundStats:
     """What one round moved and where its server-side time went (measured)."""
 
     frames: int = 0  # up frames answered
-    bytes_up: int = 0  # encoded frame bytes received (before gRPC/TCP overhead)
+    bytes_up: int = 0  # encoded frame bytes received (before message/TLS/TCP overhead)
     bytes_down: int = 0  # encoded frame bytes sent
     wall_s: float = 0.0  # from the device's connection to the round's end
     callback_s: float = 0.0  # inside on_frame
     codec_s: float = 0.0  # decoding up frames + encoding down frames
-    peer: str = ""  # the device's address as gRPC reports it
-
-
-def cancel_with_reason(context: grpc.ServicerContext, reason: str) -> None:
-    """End the device's stream from any thread, telling the device ``reason``.
-
-    ``context.abort`` works only in the handler's thread, and ``context.cancel`` sends a
-    bare CANCELLED; the core call's cancel-with-status (not part of grpc's public API)
-    sends ABORTED with the reason. Where it is missing, the bare cancel still ends the
-    stream and the device says "the server cancelled the round".
-    """
-    call = getattr(getattr(context, "_rpc_event", None), "call", None)
-    try:
-        call.cancel(cygrpc.StatusCode.aborted, reason)
-    except (AttributeError, TypeError):
-        context.cancel()
+    peer: str = ""  # the device's address, "host:port"
 
 
 class CallbackError(Exception):
-    """Carries an exception raised by ``on_frame`` out of the stream handler."""
+    """Carries an exception raised by ``on_frame`` out of the connection's loop."""
 
 
 class RoundHandle:
@@ -80,7 +62,6 @@ class RoundHandle:
         self._done = threading.Event()
         self._idle = threading.Event()  # set while no on_frame call is running
         self._idle.set()
-        self._context: grpc.ServicerContext | None = None
         self._started = 0.0
 
     @property
@@ -110,11 +91,10 @@ class RoundHandle:
         )
         self._idle.wait()
 
-    def attach(self, context: grpc.ServicerContext) -> None:
-        """Bind the device's stream; called once, when its token is accepted."""
-        self._context = context
+    def attach(self, peer: str) -> None:
+        """Note the device's connection; called once, when its token is accepted."""
         self._started = time.monotonic()
-        self.stats.peer = context.peer()
+        self.stats.peer = peer
 
     def call(self, frame: Frame) -> Frame:
         """Run ``on_frame`` unless the round has ended; never two calls at once."""
@@ -144,7 +124,9 @@ class RoundHandle:
         return True
 
     def fail(self, error: TransportError) -> None:
-        """End the round with ``error`` (no-op if ended) and cancel the device's stream."""
-        if self.finish(error) and self._context is not None:
-            # Wakes the stream handler; the device sees ABORTED with the reason.
-            cancel_with_reason(self._context, str(error))
+        """End the round with ``error`` (no-op if ended).
+
+        The connection's thread sees the end at its next tick (a fraction of a second),
+        tells the device ``error``'s message and closes the connection.
+        """
+        self.finish(error)

@@ -1,32 +1,18 @@
-"""The server's data-plane endpoint: a gRPC stream per round, one callback per frame."""
+"""The server's data-plane endpoint: a TCP (or TLS) connection per round, one callback per frame."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
-import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-
-import grpc
+from collections.abc import Mapping
 
 from splitkd_flwr.core.errors import TransportError
-from splitkd_flwr.transport import wire
-from splitkd_flwr.transport.codec import (
-    DEFAULT_MAX_FRAME_BYTES,
-    WIRE_DTYPES,
-    decode_frame,
-    encode_frame,
-    encoded_nbytes,
-)
+from splitkd_flwr.transport.codec import DEFAULT_MAX_FRAME_BYTES, WIRE_DTYPES
+from splitkd_flwr.transport.connection import Limits, refuse, serve
 from splitkd_flwr.transport.frame import TensorSpec
-from splitkd_flwr.transport.rounds import (
-    CallbackError,
-    OnFrame,
-    RoundHandle,
-    cancel_with_reason,
-)
+from splitkd_flwr.transport.rounds import OnFrame, RoundHandle
 from splitkd_flwr.transport.tls import ServerTLS
 
 __all__ = ["DataPlaneServer"]
@@ -34,33 +20,6 @@ __all__ = ["DataPlaneServer"]
 log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
-
-
-class _StreamEnded(Exception):
-    """The device's stream ended (cancelled, broken or half-closed) without CLOSE."""
-
-
-@dataclass
-class _Idle:
-    """Shared by a stream handler and its watchdog."""
-
-    waiting_since: float | None  # monotonic time the server began waiting on the device
-    timed_out: bool = False
-    # What the handler is doing, for the message if the stream ends under it.
-    doing: str = "waiting for the device's first frame"
-    partial: str | None = None  # the frame in progress, if one has started
-
-
-def _lost_reason(idle: _Idle, idle_timeout_s: float) -> str:
-    """Why a stream that ended without CLOSE ended, naming any frame it cut short."""
-    if idle.timed_out:
-        reason = f"device silent for more than idle_timeout_s={idle_timeout_s}"
-    else:
-        reason = "device disconnected before closing the round"
-    reason += f" (while {idle.doing})"
-    if idle.partial is not None:
-        reason += f"; {idle.partial} was dropped"
-    return reason
 
 
 class DataPlaneServer:
@@ -77,7 +36,8 @@ class DataPlaneServer:
     tls : ServerTLS | None
         Certificate and key; ``None`` listens without encryption (loopback only).
     max_workers : int
-        Threads serving streams; one per concurrently connected device.
+        Connected devices served at once, one thread each; a device beyond them is
+        refused with ``data-plane server busy``.
     """
 
     def __init__(
@@ -97,27 +57,32 @@ class DataPlaneServer:
         self.idle_timeout_s = idle_timeout_s
         self.tls = tls
         self._max_workers = max_workers
+        # How often a waiting thread looks at its round's end and idle clock.
+        tick_s = min(0.25, idle_timeout_s / 5)
+        self._limits = Limits(idle_timeout_s, max_frame_bytes, tick_s)
         self._lock = threading.Lock()
         self._open: dict[str, RoundHandle] = {}  # opened, device not yet connected
         self._live: dict[str, RoundHandle] = {}  # device connected
         self._used: set[str] = set()
-        self._server: grpc.Server | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._workers: set[threading.Thread] = set()
 
     def start(self) -> str:
         """Start listening; return the address devices connect to (``host:port``)."""
-        self._pool = ThreadPoolExecutor(self._max_workers, "splitkd-dataplane")
-        self._server = grpc.server(self._pool, options=wire.channel_options())
-        handler = grpc.stream_stream_rpc_method_handler(self._serve)
-        service, method = wire.METHOD.strip("/").split("/")
-        generic = grpc.method_handlers_generic_handler(service, {method: handler})
-        self._server.add_generic_rpc_handlers((generic,))
-        bind = f"{self.host}:{self.port}"
-        if self.tls is None:
-            self.port = self._server.add_insecure_port(bind)
-        else:
-            self.port = self._server.add_secure_port(bind, self.tls.credentials())
-        self._server.start()
+        context = self.tls.context() if self.tls is not None else None
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._listener = socket.create_server(
+            (self.host, self.port), family=family, backlog=64
+        )
+        self._listener.settimeout(self._limits.tick_s)
+        self.port = self._listener.getsockname()[1]
+        self._stopping.clear()
+        self._acceptor = threading.Thread(
+            target=self._accept, args=(context,), name="splitkd-dataplane-accept"
+        )
+        self._acceptor.start()
         address = f"{self.host}:{self.port}"
         log.info(
             "data plane listening on %s (%s)",
@@ -150,7 +115,8 @@ class DataPlaneServer:
             Wire dtype of the down frames (``WIRE_DTYPES``).
         max_frame_bytes : int | None
             This round's limit on an up frame, below the server's (``None``: the
-            server's); a frame announcing more is refused at its first chunk.
+            server's); a frame announcing more is refused from its length, before
+            anything is allocated.
         """
         if len(token) < MIN_TOKEN_CHARS:
             raise TransportError(
@@ -171,17 +137,30 @@ class DataPlaneServer:
         return handle
 
     def stop(self, grace_s: float = 1.0) -> None:
-        """End every round (with an error if unfinished), stop listening, join threads."""
+        """End every round (with an error if unfinished), stop listening, join threads.
+
+        Each connection tells its device ``data-plane server stopped`` and waits at
+        most ``Limits.linger_s`` for it to read that; ``grace_s`` is kept for callers
+        (the threads end within a tick plus that linger, or when ``on_frame`` returns).
+        """
+        self._stopping.set()
         with self._lock:
             handles = [*self._open.values(), *self._live.values()]
         for handle in handles:
             handle.fail(TransportError("data-plane server stopped"))
-        if self._server is not None:
-            self._server.stop(grace_s).wait()
-            self._server = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._acceptor is not None:
+            self._acceptor.join()
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        while True:
+            with self._lock:
+                workers = list(self._workers)
+            if not workers:
+                break
+            for worker in workers:
+                worker.join()
 
     def __enter__(self) -> DataPlaneServer:
         self.start()
@@ -198,6 +177,8 @@ class DataPlaneServer:
 
     def _claim(self, token: str) -> RoundHandle | str:
         with self._lock:
+            if self._stopping.is_set():
+                return "data-plane server stopped"
             handle = self._open.pop(token, None)
             if handle is not None:
                 self._live[token] = handle
@@ -206,121 +187,44 @@ class DataPlaneServer:
                 return "round token already used"
             return "unknown round token"
 
-    def _serve(
-        self, requests: Iterator[bytes], context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
-        token = dict(context.invocation_metadata() or ()).get(wire.TOKEN_KEY, "")
-        handle = self._claim(token)
-        if isinstance(handle, str):
-            log.warning("data plane refused %s: %s", context.peer(), handle)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, handle)
-        handle.attach(context)
-        idle = _Idle(time.monotonic())
-        watchdog = threading.Thread(target=self._watch, args=(handle, context, idle))
-        watchdog.start()
-        try:
-            yield wire.ACCEPT
-            yield from self._frames(handle, requests, context, idle)
-        except (grpc.RpcError, _StreamEnded):  # gRPC reports a lost peer either way
-            self._lost(handle, _lost_reason(idle, self.idle_timeout_s))
-        except GeneratorExit:
-            # gRPC closes the handler when the RPC ends while it is busy (typically the
-            # device vanished while on_frame ran): nothing can be sent any more.
-            self._lost(handle, _lost_reason(idle, self.idle_timeout_s))
-            raise
-        except CallbackError as err:
-            self._end(
-                handle,
-                context,
-                err.__cause__,
-                f"server callback failed: {err.__cause__!r}",
-            )
-        except TransportError as err:
-            self._end(handle, context, err, str(err))
-        finally:
-            # no-op if ended
-            handle.finish(TransportError("the stream handler stopped"))
-            watchdog.join()
-
-    def _lost(self, handle: RoundHandle, reason: str) -> None:
-        if handle.finish(TransportError(reason)):
-            log.warning(
-                "data-plane round from %s failed: %s", handle.stats.peer, reason
-            )
-
-    def _end(
-        self,
-        handle: RoundHandle,
-        context: grpc.ServicerContext,
-        error: BaseException,
-        msg: str,
-    ) -> None:
-        if handle.finish(error):
-            log.warning("data-plane round from %s failed: %s", handle.stats.peer, msg)
-        context.abort(grpc.StatusCode.ABORTED, msg)
-
-    def _frames(
-        self,
-        handle: RoundHandle,
-        requests: Iterator[bytes],
-        context: grpc.ServicerContext,
-        idle: _Idle,
-    ) -> Iterator[bytes]:
-        rx = wire.Reassembler(handle.max_frame_bytes or self.max_frame_bytes)
-        for msg in requests:
-            tag = msg[:1]
-            idle.partial = rx.partial()
-            if tag == wire.CLOSE:
-                if idle.partial is not None:
-                    raise TransportError(
-                        f"device closed the round in the middle of a frame "
-                        f"({idle.partial}); the round is not committed"
-                    )
-                handle.finish(None)
-                return
-            if tag == wire.ABORT:
-                reason = msg[1:].decode(errors="replace")
-                dropped = f" ({idle.partial} dropped)" if idle.partial else ""
-                raise TransportError(f"device aborted the round: {reason}{dropped}")
-            if tag != wire.DATA:
-                raise TransportError(f"malformed message: unknown tag {tag!r}")
-            idle.waiting_since = time.monotonic()
-            idle.doing = f"receiving frame {handle.stats.frames + 1}"
-            buf = rx.add(msg)
-            idle.partial = rx.partial()
-            if buf is None:
+    def _accept(self, context: ssl.SSLContext | None) -> None:
+        """Accept connections until ``stop``: one thread each, up to ``max_workers``."""
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, addr = self._listener.accept()
+            except TimeoutError:
                 continue
-            idle.waiting_since = None  # the server is busy, not the device
-            idle.doing = f"computing the answer to frame {handle.stats.frames + 1}"
-            start = time.perf_counter()
-            frame = decode_frame(buf, max_frame_bytes=len(buf), spec=handle.spec)
-            decoded = time.perf_counter()
-            out = handle.call(frame)
-            if not context.is_active():
-                # The device vanished while on_frame ran: say so, not "stream stopped".
-                raise _StreamEnded()
-            answered = time.perf_counter()
-            parts = encode_frame(out, handle.wire_dtype)
-            stats = handle.stats
-            stats.codec_s += decoded - start + time.perf_counter() - answered
-            stats.frames += 1
-            stats.bytes_up += len(buf)
-            stats.bytes_down += encoded_nbytes(parts)
-            # a device that stops reading idles out
-            idle.waiting_since = time.monotonic()
-            idle.doing = f"sending the answer to frame {stats.frames}"
-            yield from wire.chunk_frame(parts)
-            idle.doing = f"waiting for frame {stats.frames + 1} or the close"
-        raise _StreamEnded()
+            except OSError as err:  # e.g. out of file descriptors: try again later
+                log.warning("data plane: accept failed: %s", err)
+                self._stopping.wait(self._limits.tick_s)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self._limits.tick_s)
+            peer = f"{addr[0]}:{addr[1]}"
+            with self._lock:
+                busy = len(self._workers) >= self._max_workers
+                if not busy:
+                    worker = threading.Thread(
+                        target=self._serve,
+                        args=(sock, peer, context),
+                        name=f"splitkd-dataplane-{peer}",
+                    )
+                    self._workers.add(worker)
+                    worker.start()
+            if busy:
+                # Inline, bounded by the linger time: no thread beyond max_workers.
+                reason = (
+                    f"data-plane server busy: {self._max_workers} devices connected "
+                    f"(max_workers={self._max_workers})"
+                )
+                refuse(sock, peer, context, reason, self._limits)
 
-    def _watch(
-        self, handle: RoundHandle, context: grpc.ServicerContext, idle: _Idle
+    def _serve(
+        self, sock: socket.socket, peer: str, context: ssl.SSLContext | None
     ) -> None:
-        tick_s = min(0.25, self.idle_timeout_s / 5)
-        while not handle.wait_done(tick_s):
-            since = idle.waiting_since
-            if since is not None and time.monotonic() - since > self.idle_timeout_s:
-                # Cancelling wakes the handler blocked on the device's next message.
-                idle.timed_out = True
-                cancel_with_reason(context, _lost_reason(idle, self.idle_timeout_s))
-                return
+        try:
+            serve(sock, peer, context, self._claim, self._limits, self._stopping)
+        finally:
+            with self._lock:
+                self._workers.discard(threading.current_thread())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
 
 __all__ = ["DeviceTLS", "ServerTLS", "self_signed"]
 
@@ -24,9 +25,19 @@ class ServerTLS:
         """Read PEM files, e.g. the SuperLink's ``--ssl-certfile`` and ``--ssl-keyfile``."""
         return cls(Path(certfile).read_bytes(), Path(keyfile).read_bytes())
 
-    def credentials(self) -> grpc.ServerCredentials:
-        """gRPC server credentials."""
-        return grpc.ssl_server_credentials([(self.private_key, self.certificate_chain)])
+    def context(self) -> ssl.SSLContext:
+        """A server context: TLS 1.2 or later, this certificate chain and key."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # ssl loads a chain only from files: a private folder, removed at once.
+        with tempfile.TemporaryDirectory(prefix="splitkd-tls-") as folder:
+            cert, key = Path(folder, "chain.pem"), Path(folder, "key.pem")
+            cert.write_bytes(self.certificate_chain)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(self.private_key)
+            ctx.load_cert_chain(cert, key)
+        return ctx
 
 
 @dataclass(frozen=True)
@@ -43,15 +54,16 @@ class DeviceTLS:
         """Read a PEM file, e.g. the one a SuperNode gets as ``--root-certificates``."""
         return cls(Path(root_certfile).read_bytes(), server_name)
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        """gRPC channel credentials."""
-        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+    def context(self) -> ssl.SSLContext:
+        """A client context: TLS 1.2 or later, trusting exactly these roots.
 
-    def channel_options(self) -> list[tuple[str, str]]:
-        """Override of the name checked against the certificate, if one is set."""
-        if self.server_name is None:
-            return []
-        return [("grpc.ssl_target_name_override", self.server_name)]
+        The certificate and its name are checked (``check_hostname``) against
+        ``server_name`` if set, else against the host the device dials.
+        """
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and name
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cadata=self.root_certificates.decode("ascii"))
+        return ctx
 
 
 def self_signed(host: str = "127.0.0.1", days: int = 1) -> tuple[ServerTLS, DeviceTLS]:
