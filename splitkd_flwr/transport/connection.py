@@ -150,10 +150,8 @@ class _Connection:
             chan.send(wire.ACCEPT)
             self._frames(chan, handle)
         except wire.PeerGone as gone:
-            reason = self._reason(
-                "device reset the connection" if gone.reset else "device disconnected",
-                chan,
-            )
+            what = "reset the connection" if gone.reset else "disconnected"
+            reason = self._reason(f"device {what} before closing the round", chan)
             self._end(chan, handle, TransportError(reason), reason)
         except _RoundOver as over:
             if over.error is None:  # ended elsewhere: wait timeout, close, stop
@@ -171,7 +169,7 @@ class _Connection:
 
     def _reason(self, what: str, chan: wire.Channel) -> str:
         """Why a round ended under the connection, naming any frame it cut short."""
-        reason = f"{what} before closing the round (while {self.doing})"
+        reason = f"{what} (while {self.doing})"
         partial = chan.partial()
         if partial is not None:
             reason += f"; {partial} were dropped"

@@ -152,7 +152,12 @@ class DeviceSession:
             self._shutdown()
 
     def _close(self) -> None:
-        self._chan.send(wire.CLOSE)
+        if self._chan.tx_clean:
+            self._chan.send(wire.CLOSE)
+        else:
+            # A frame was cut short (a send interrupted): no CLOSE can follow it. End
+            # the stream; the server's answer names the partial frame.
+            self._sock.shutdown(socket.SHUT_WR)
         tag, length = self._chan.recv_head()
         if tag == wire.ERROR:
             reason = self._chan.recv_text(length)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -246,33 +248,41 @@ def _good_frame() -> Frame:
     )
 
 
-def _first_chunk_only(session: DeviceSession, frame: Frame) -> None:
-    """Send the first of several chunks of ``frame`` (a frame cut short)."""
-    parts = encode_frame(frame)
-    chunks = list(wire.chunk_frame(parts))
-    assert len(chunks) > 1
-    session._requests.put(chunks[0])
+def _part_of_a_frame(session: DeviceSession, frame: Frame) -> None:
+    """Send a frame's header and half its bytes, as a send interrupted midway leaves it."""
+    data = b"".join(encode_frame(frame))
+    head = wire.HEAD.pack(wire.DATA, len(data))
+    session._sock.sendall(head + data[: len(data) // 2])
+    session._chan.tx_clean = False  # what the session knows after such a send
 
 
-@pytest.fixture()
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A 2-batch frame is a few kB: cut it into several chunks.
-    monkeypatch.setattr(wire, "CHUNK_BYTES", 512)
-
-
+# With length-prefixed messages a CLOSE or an abort's reason cannot arrive inside a
+# frame: a device that sent part of a frame can only end or reset its connection, or
+# fall silent; each is named, with the partial frame.
 @pytest.mark.parametrize(
     ("ending", "words"),
     [
-        ("close", "device closed the round in the middle of a frame"),
-        ("abort", "device aborted the round: gave up"),
+        (
+            "close",
+            "device disconnected before closing the round (while receiving frame 2)",
+        ),
+        (
+            "abort",
+            "device disconnected before closing the round (while receiving frame 2)",
+        ),
         (
             "reset",
-            "device disconnected before closing the round (while receiving frame 2)",
+            "device reset the connection before closing the round "
+            "(while receiving frame 2)",
+        ),
+        (
+            "silent",
+            "device silent for more than idle_timeout_s=2.0 (while receiving frame 2)",
         ),
     ],
 )
 def test_a_frame_cut_short_is_never_dropped_silently(
-    setup, small_chunks, ending: str, words: str
+    setup, ending: str, words: str
 ) -> None:
     # Prepare: one frame answered, the second cut short.
     server, plane = setup
@@ -282,8 +292,7 @@ def test_a_frame_cut_short_is_never_dropped_silently(
     round_ = plane.open_round(token, server, CUT)
     session = DeviceSession(plane.address, token, timeout_s=5.0)
     session.exchange(_good_frame())
-    _first_chunk_only(session, _good_frame())
-    time.sleep(0.2)  # let the chunk arrive before the stream ends
+    _part_of_a_frame(session, _good_frame())
 
     # Execute
     if ending == "close":
@@ -291,16 +300,20 @@ def test_a_frame_cut_short_is_never_dropped_silently(
             session.close()
         assert words in str(on_device.value)  # the device hears why, too
     elif ending == "abort":
-        session.abort("gave up")
-    else:
-        session._shutdown()  # the device's stream is reset, as by a crash
+        session.abort("gave up")  # its reason cannot follow a partial frame
+    elif ending == "reset":
+        session._sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        session._sock.close()  # closing with linger 0 resets the connection
     with pytest.raises(TransportError) as on_server:
         round_.finish()
+    session.abort("test over")
     server.rollback()
 
     # Assert: its own message, naming the partial frame; an exact rollback.
     message = str(on_server.value)
-    assert words in message and "bytes of a frame" in message
+    assert words in message and "bytes of a frame were dropped" in message
     assert_unchanged(server, before)
 
 
@@ -334,11 +347,11 @@ def test_device_vanishing_while_the_server_computes_is_named(setup) -> None:
 
     # Execute: the device vanishes while on_frame runs.
     assert entered.wait(5.0)
-    session._call.cancel()
-    time.sleep(0.2)  # the cancellation reaches the server
+    session._sock.shutdown(socket.SHUT_RDWR)  # the device's connection ends
+    time.sleep(0.2)  # the end reaches the server
     gone.set()
     device.join(5.0)
-    session._shutdown()
+    session.abort("gone")
     with pytest.raises(TransportError) as on_server:
         round_.finish()
     server.loss_fn = loss_fn

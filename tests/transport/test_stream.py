@@ -4,6 +4,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from splitkd_flwr.core.errors import TransportError
 from splitkd_flwr.transport.stream import (
     DataPlaneServer,
     DeviceSession,
+    DeviceTLS,
     Frame,
     TensorSpec,
     new_token,
@@ -87,10 +89,10 @@ def test_round_trip_frames_meta_and_byte_counts(server: DataPlaneServer) -> None
     assert stats.wall_s > 0 and stats.callback_s > 0 and stats.peer
 
 
-def test_frames_larger_than_one_chunk_arrive_exactly(server: DataPlaneServer) -> None:
+def test_a_multi_megabyte_frame_arrives_exactly(server: DataPlaneServer) -> None:
     token = new_token()
     handle = server.open_round(token, lambda f: Frame({"grad": f["x"].flip(0)}))
-    x = torch.randn(3 * 1024 * 1024 // 4 + 77)  # three chunks and a bit
+    x = torch.randn(3 * 1024 * 1024 // 4 + 77)  # 3 MiB and a bit: many recv calls
     with DeviceSession(server.address, token, timeout_s=10) as dev:
         got = dev.exchange(Frame({"x": x}))["grad"]
     handle.wait(5)
@@ -330,17 +332,22 @@ def test_tls_round_trip_and_untrusted_certificate() -> None:
     assert torch.equal(got["grad"], frame["hidden"] * 2)
 
 
-def test_chunks_reassemble_and_out_of_order_chunks_are_refused() -> None:
-    from splitkd_flwr.transport import wire
-    from splitkd_flwr.transport.codec import encode_frame
+def test_tls_checks_the_servers_name_or_the_devices_override() -> None:
+    # Prepare: a certificate for a DNS name, dialled by IP address.
+    server_tls, device_tls = self_signed("edge.example")
+    with DataPlaneServer(tls=server_tls) as server:
+        address = f"127.0.0.1:{server.port}"
+        token = new_token()
+        handle = server.open_round(token, _double)
 
-    parts = encode_frame(Frame({"x": torch.randn(700_000)}))  # ~2.7 MB: 3 chunks
-    chunks = list(wire.chunk_frame(parts))
-    assert len(chunks) == 3
-    rx = wire.Reassembler(max_frame_bytes=1 << 30)
-    assert rx.add(chunks[0]) is None and rx.add(chunks[1]) is None
-    assert bytes(rx.add(chunks[2])) == b"".join(parts)
-    with pytest.raises(TransportError, match="malformed chunk"):
-        wire.Reassembler(1 << 30).add(chunks[1])
-    with pytest.raises(TransportError, match="exceed max_frame_bytes=1000"):
-        wire.Reassembler(1000).add(chunks[0])
+        # Execute / Assert: the dialled host is checked unless server_name says otherwise.
+        with pytest.raises(TransportError, match="not trusted .*mismatch"):
+            DeviceSession(address, token, timeout_s=5, tls=device_tls)
+        named = DeviceTLS(device_tls.root_certificates, server_name="edge.example")
+        with DeviceSession(address, token, timeout_s=5, tls=named) as dev:
+            dev.exchange(_up())
+        handle.wait(5)
+    assert handle.error is None
+    # TLS 1.2 at least, on both ends.
+    assert server_tls.context().minimum_version == ssl.TLSVersion.TLSv1_2
+    assert named.context().minimum_version == ssl.TLSVersion.TLSv1_2
