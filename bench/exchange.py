@@ -6,11 +6,18 @@ client and server in this process on two threads, loopback:
     .venv/bin/python bench/exchange.py --sizes-mib 1 16 --repeats 30
 
 Rows: ``memcpy`` (numpy copy, one way), ``raw-tcp`` (length-prefixed frames,
-``sendall``/``recv_into``), ``zmq`` (pyzmq DEALER/ROUTER, zero-copy; skipped if pyzmq is
+``sendall``/``recv_into``), ``raw-tls`` (the same over Python's ``ssl``, TLS with a
+throw-away certificate), ``zmq`` (pyzmq DEALER/ROUTER, zero-copy; skipped if pyzmq is
 missing), ``grpc-1msg`` / ``grpc-1MiB-chunks`` (bytes echo on a grpcio stream, the
-library alone), ``dataplane-fp32`` / ``dataplane-bf16`` (``DeviceSession.exchange``
-against ``DataPlaneServer``: codec, chunking, finite checks included; bf16 halves the
-bytes on the wire).
+library alone, for reference), ``dataplane-fp32`` / ``dataplane-bf16`` /
+``dataplane-tls`` (``DeviceSession.exchange`` against ``DataPlaneServer``: codec,
+framing, finite checks included; bf16 halves the bytes on the wire; tls is fp32 over
+TLS, compare it with ``raw-tls``).
+
+Two tables: wall time, and CPU time of this process (both ends, all threads;
+``time.process_time``) per round trip, the steadier figure on a shared machine.
+``x raw`` is the ratio to ``raw-tcp``, for TLS rows to ``raw-tls``. ``--rows`` picks
+rows by name prefix.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ from __future__ import annotations
 import argparse
 import queue
 import socket
+import ssl
 import statistics
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -34,23 +44,42 @@ from splitkd_flwr.transport.stream import (
     DeviceSession,
     Frame,
     new_token,
+    self_signed,
 )
 
 RoundTrip = Callable[[], None]
+Figures = tuple[float, float]  # median wall ms, median CPU ms per round trip
 
 
-def median_ms(round_trip: RoundTrip, repeats: int) -> float:
-    """Median wall time of ``round_trip`` in ms, after one warm-up call."""
+def median_ms(round_trip: RoundTrip, repeats: int) -> Figures:
+    """Median wall and CPU time of ``round_trip`` in ms, after one warm-up call."""
     round_trip()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         round_trip()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls) * 1e3, statistics.median(cpus) * 1e3
 
 
-def bench_memcpy(payload: np.ndarray, repeats: int) -> float:
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts (TLS 1.2+) from a throw-away certificate."""
+    server_tls, device_tls = self_signed("127.0.0.1")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = Path(folder, "c.pem"), Path(folder, "k.pem")
+        cert.write_bytes(server_tls.certificate_chain)
+        key.write_bytes(server_tls.private_key)
+        server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.minimum_version = ssl.TLSVersion.TLSv1_2
+    client.load_verify_locations(cadata=device_tls.root_certificates.decode())
+    return server, client
+
+
+def bench_memcpy(payload: np.ndarray, repeats: int) -> Figures:
     dst = np.empty_like(payload)
     return median_ms(lambda: np.copyto(dst, payload), repeats)
 
@@ -64,12 +93,15 @@ def _recv_exact(sock: socket.socket, buf: bytearray | memoryview) -> None:
         got += n
 
 
-def bench_raw_tcp(payload: np.ndarray, repeats: int) -> float:
+def bench_raw_tcp(payload: np.ndarray, repeats: int, tls: bool = False) -> Figures:
     listener = socket.create_server(("127.0.0.1", 0))
+    server_ctx, client_ctx = _tls_contexts() if tls else (None, None)
 
     def serve() -> None:
         conn, _ = listener.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if server_ctx is not None:
+            conn = server_ctx.wrap_socket(conn, server_side=True)
         with conn:
             head = bytearray(8)
             try:
@@ -86,6 +118,8 @@ def bench_raw_tcp(payload: np.ndarray, repeats: int) -> float:
     server.start()
     client = socket.create_connection(listener.getsockname())
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if client_ctx is not None:
+        client = client_ctx.wrap_socket(client, server_hostname="127.0.0.1")
     head, back = bytearray(8), bytearray(payload.nbytes)
 
     def round_trip() -> None:
@@ -102,7 +136,7 @@ def bench_raw_tcp(payload: np.ndarray, repeats: int) -> float:
         listener.close()
 
 
-def bench_zmq(payload: np.ndarray, repeats: int) -> float | None:
+def bench_zmq(payload: np.ndarray, repeats: int) -> Figures | None:
     try:
         import zmq
     except ImportError:
@@ -138,7 +172,7 @@ def bench_zmq(payload: np.ndarray, repeats: int) -> float | None:
         ctx.term()
 
 
-def bench_grpc(payload: np.ndarray, repeats: int, chunk_bytes: int | None) -> float:
+def bench_grpc(payload: np.ndarray, repeats: int, chunk_bytes: int | None) -> Figures:
     opts = [
         ("grpc.max_send_message_length", -1),
         ("grpc.max_receive_message_length", -1),
@@ -181,14 +215,19 @@ def bench_grpc(payload: np.ndarray, repeats: int, chunk_bytes: int | None) -> fl
         pool.shutdown()
 
 
-def bench_dataplane(payload: np.ndarray, repeats: int, wire_dtype: str) -> float:
+def bench_dataplane(
+    payload: np.ndarray, repeats: int, wire_dtype: str, tls: bool = False
+) -> Figures:
     x = torch.empty(payload.nbytes // 4).uniform_()  # finite fp32 values, N bytes
     frame = Frame({"x": x})
-    with DataPlaneServer() as server:
+    server_tls, device_tls = self_signed("127.0.0.1") if tls else (None, None)
+    with DataPlaneServer(tls=server_tls) as server:
         token = new_token()
         handle = server.open_round(token, lambda f: f, wire_dtype=wire_dtype)
         address = f"127.0.0.1:{server.port}"
-        with DeviceSession(address, token, timeout_s=60, wire_dtype=wire_dtype) as dev:
+        with DeviceSession(
+            address, token, timeout_s=60, wire_dtype=wire_dtype, tls=device_tls
+        ) as dev:
             ms = median_ms(lambda: dev.exchange(frame), repeats)
         handle.wait(10)
     if handle.error is not None:
@@ -196,39 +235,56 @@ def bench_dataplane(payload: np.ndarray, repeats: int, wire_dtype: str) -> float
     return ms
 
 
+def _print_table(
+    title: str, rows: dict[str, dict[int, Figures | None]], sizes: list[int], col: int
+) -> None:
+    print(f"\n{title}")
+    print("| transport | " + " | ".join(f"{m} MiB ms | x raw" for m in sizes) + " |")
+    print("|---" * (1 + 2 * len(sizes)) + "|")
+    for name, by_size in rows.items():
+        cells = []
+        for mib in sizes:
+            # TLS rows compare with the raw socket under the same TLS.
+            ref = "raw-tls" if "tls" in name and "raw-tls" in rows else "raw-tcp"
+            got, raw = by_size[mib], rows.get(ref, {}).get(mib)
+            if got is None:
+                cells += ["n/a", "n/a"]
+                continue
+            ratio = f"{got[col] / raw[col]:.2f}" if raw else "n/a"
+            cells += [f"{got[col]:.2f}", ratio]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--rows", nargs="+", default=None, help="row name prefixes (default: all)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows: dict[str, dict[int, float | None]] = {}
+    rows: dict[str, dict[int, Figures | None]] = {}
     for mib in args.sizes_mib:
         payload = np.random.default_rng(0).integers(0, 255, mib << 20, dtype=np.uint8)
         runs = {
             "memcpy (one way)": lambda: bench_memcpy(payload, args.repeats),
             "raw-tcp": lambda: bench_raw_tcp(payload, args.repeats),
+            "raw-tls": lambda: bench_raw_tcp(payload, args.repeats, tls=True),
             "zmq": lambda: bench_zmq(payload, args.repeats),
             "grpc-1msg": lambda: bench_grpc(payload, args.repeats, None),
             "grpc-1MiB-chunks": lambda: bench_grpc(payload, args.repeats, 1 << 20),
             "dataplane-fp32": lambda: bench_dataplane(payload, args.repeats, "fp32"),
             "dataplane-bf16": lambda: bench_dataplane(payload, args.repeats, "bf16"),
+            "dataplane-tls": lambda: bench_dataplane(
+                payload, args.repeats, "fp32", tls=True
+            ),
         }
         for name, run in runs.items():
-            rows.setdefault(name, {})[mib] = run()
-    header = (
-        "| transport | "
-        + " | ".join(f"{m} MiB ms | x raw" for m in args.sizes_mib)
-        + " |"
-    )
-    print(header)
-    print("|---" * (1 + 2 * len(args.sizes_mib)) + "|")
-    for name, by_size in rows.items():
-        cells = []
-        for mib in args.sizes_mib:
-            ms, raw = by_size[mib], rows["raw-tcp"][mib]
-            cells += ["n/a", "n/a"] if ms is None else [f"{ms:.2f}", f"{ms / raw:.2f}"]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+            if args.rows is None or any(name.startswith(p) for p in args.rows):
+                rows.setdefault(name, {})[mib] = run()
+    _print_table("wall time per round trip (median)", rows, args.sizes_mib, 0)
+    _print_table("CPU time per round trip, both ends (median)", rows, args.sizes_mib, 1)
 
 
 if __name__ == "__main__":
