@@ -67,7 +67,11 @@ def _all_finite(t: torch.Tensor) -> bool:
         return True
     # A finite sum proves every element finite and costs ~1/40 of isfinite().all();
     # only a non-finite sum (a bad element or an overflowing sum) needs the full check.
-    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    # bf16 has fp32's range, and torch sums it in fp32 inside: asking for an fp32
+    # result instead takes a mixed-dtype path ~15x slower (6.8 vs 0.4 ms on 16 MiB).
+    acc = {torch.float64: torch.float64, torch.bfloat16: torch.bfloat16}.get(
+        t.dtype, torch.float32
+    )
     if math.isfinite(float(t.sum(dtype=acc))):
         return True
     return bool(torch.isfinite(t).all())
