@@ -60,9 +60,12 @@ def encode_text(value: str) -> bytes:
 
 def hung_up(sock: socket.socket) -> bool:
     """Whether the peer closed or reset its end (checked without reading; Linux)."""
+    if not hasattr(select, "poll"):
+        return False  # no poll (Windows): found at the next read instead
     poller = select.poll()
-    # POLLRDHUP: the peer's FIN arrived, even with unread data before it.
-    poller.register(sock, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    # POLLRDHUP (Linux): the peer's FIN arrived, even with unread data before it.
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    poller.register(sock, rdhup | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(0))
 
 
