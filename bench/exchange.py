@@ -16,6 +16,8 @@ TLS, compare it with ``raw-tls``).
 
 Two tables: wall time, and CPU time of this process (both ends, all threads;
 ``time.process_time``) per round trip, the steadier figure on a shared machine.
+``--diagnose`` adds two fp32 rows with finite checks switched off in this process (the
+senders', then all): where the time beyond raw TCP goes, not a mode of the data plane.
 ``x raw`` is the ratio to ``raw-tcp``, for TLS rows to ``raw-tls``. ``--rows`` picks
 rows by name prefix.
 """
@@ -23,6 +25,8 @@ rows by name prefix.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import queue
 import socket
 import ssl
@@ -215,13 +219,37 @@ def bench_grpc(payload: np.ndarray, repeats: int, chunk_bytes: int | None) -> Fi
         pool.shutdown()
 
 
+@contextlib.contextmanager
+def _finite_checks(mode: str) -> Iterator[None]:
+    """Diagnosis only: switch the senders' (``"receivers"``) or all (``"none"``) off."""
+    if mode == "all":
+        yield
+        return
+    from splitkd_flwr.transport import codec, connection, device
+
+    saved = codec._all_finite, connection.encode_frame, device.encode_frame
+    if mode in ("receivers", "none"):
+        quiet = functools.partial(codec.encode_frame, check_finite=False)
+        connection.encode_frame = device.encode_frame = quiet
+    if mode == "none":
+        codec._all_finite = lambda t: True
+    try:
+        yield
+    finally:
+        codec._all_finite, connection.encode_frame, device.encode_frame = saved
+
+
 def bench_dataplane(
-    payload: np.ndarray, repeats: int, wire_dtype: str, tls: bool = False
+    payload: np.ndarray,
+    repeats: int,
+    wire_dtype: str,
+    tls: bool = False,
+    checks: str = "all",
 ) -> Figures:
     x = torch.empty(payload.nbytes // 4).uniform_()  # finite fp32 values, N bytes
     frame = Frame({"x": x})
     server_tls, device_tls = self_signed("127.0.0.1") if tls else (None, None)
-    with DataPlaneServer(tls=server_tls) as server:
+    with _finite_checks(checks), DataPlaneServer(tls=server_tls) as server:
         token = new_token()
         handle = server.open_round(token, lambda f: f, wire_dtype=wire_dtype)
         address = f"127.0.0.1:{server.port}"
@@ -262,6 +290,11 @@ def main() -> None:
     parser.add_argument(
         "--rows", nargs="+", default=None, help="row name prefixes (default: all)"
     )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="add fp32 rows with only the receivers' finite checks, and with none",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows: dict[str, dict[int, Figures | None]] = {}
@@ -280,6 +313,13 @@ def main() -> None:
                 payload, args.repeats, "fp32", tls=True
             ),
         }
+        if args.diagnose:
+            runs["diag-fp32-receiver-checks"] = lambda: bench_dataplane(
+                payload, args.repeats, "fp32", checks="receivers"
+            )
+            runs["diag-fp32-no-checks"] = lambda: bench_dataplane(
+                payload, args.repeats, "fp32", checks="none"
+            )
         for name, run in runs.items():
             if args.rows is None or any(name.startswith(p) for p in args.rows):
                 rows.setdefault(name, {})[mib] = run()
