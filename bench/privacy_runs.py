@@ -30,6 +30,8 @@ CONFIGS: dict[str, dict[str, object]] = {
     "u-shape + private 2": {"split-mode": "u-shape", "device-private-layers": 2},
     "seed, noise 500": {"smashed-noise": 500.0},
     "u-shape, noise 500": {"split-mode": "u-shape", "smashed-noise": 500.0},
+    "seed, noise 100": {"smashed-noise": 100.0},
+    "u-shape, noise 100": {"split-mode": "u-shape", "smashed-noise": 100.0},
 }
 
 # Mean per round over the rounds that committed, in MB.
