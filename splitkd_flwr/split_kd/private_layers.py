@@ -17,9 +17,29 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.split.partition import check_weights
 
 logger = logging.getLogger(__name__)
+
+
+def min_cut_layer(private_layers: int) -> int:
+    """The shallowest cut a round may use: the private layers must lie below the cut."""
+    return private_layers + 1
+
+
+def check_plan_cut(cut_layer: int, private_layers: int, planner: str) -> None:
+    """Refuse (before the round) a planned cut that would put a private layer on the server.
+
+    Built-in planners never plan one (they get :func:`min_cut_layer`); a plug-in planner
+    that ignores ``min_cut_layer`` is stopped here.
+    """
+    if cut_layer < min_cut_layer(private_layers):
+        raise ConfigError(
+            f"planner {planner!r} chose cut {cut_layer}, but device-private-layers = "
+            f"{private_layers} needs a cut > {private_layers} (the device's private "
+            "layers never leave it); give the planner a `min_cut_layer` argument"
+        )
 
 
 def private_path(cache_dir: Path, run_id: int) -> Path:
