@@ -63,6 +63,7 @@ def main() -> None:
             run.bytes_up_per_step,
             run.bytes_down_per_step,
             time.perf_counter() - started,
+            run.device_perplexity,
         )
         print(f"{name}: done in {utility[name][3]:.0f} s", flush=True)
     channels = sorted(
@@ -80,6 +81,13 @@ def main() -> None:
     print(
         "| held-out perplexity after the run | | "
         + " | ".join(f"{u[0]:.2f}" for u in utility.values())
+        + " |"
+    )
+    print(
+        "| held-out perplexity, the device's own student | | "
+        + " | ".join(
+            "same" if u[4] is None else f"{u[4]:.2f}" for u in utility.values()
+        )
         + " |"
     )
     print(

@@ -100,6 +100,8 @@ def test_ushape_round_sends_no_label_and_no_id_to_the_server(
     for state in weights:
         lowest = [n for n in state if "embed" in n or ".layers.0." in n]
         assert bool(lowest) != bool(private_layers), lowest
+    # the audit prices the device's own student (its private layers) only when it has one
+    assert (run.device_perplexity is None) == (private_layers == 0)
 
 
 @pytest.mark.slow
