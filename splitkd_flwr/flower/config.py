@@ -171,6 +171,12 @@ class RunConfig:
         "exposed (0: none)",
         0,
     )
+    private_init_noise: float = _help(
+        "`device-private-layers`: relative std of Gaussian noise each device adds to "
+        "the initial private layers once per run, from a seed only it holds, so that "
+        "the server's copy is not exact in the device's first round (0: none)",
+        0.0,
+    )
     smashed_noise: float = _help(
         "epsilon of d_chi-privacy noise per token on the teacher embeddings and student "
         "hidden state a device sends (smaller: more noise; 0: none)",
@@ -363,6 +369,10 @@ class RunConfig:
         m = self.device_private_layers
         if m < 0:
             raise ConfigError(f"device-private-layers must be >= 0, got {m}")
+        if not self.private_init_noise >= 0:
+            raise ConfigError(
+                f"private-init-noise must be >= 0, got {self.private_init_noise}"
+            )
         if m == 0:
             return
         refusals = [

@@ -12,6 +12,7 @@ reusing another run's training.
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import torch
@@ -48,19 +49,42 @@ def private_path(cache_dir: Path, run_id: int) -> Path:
 
 
 def load_private(
-    cache_dir: Path, run_id: int, initial: dict[str, torch.Tensor]
+    cache_dir: Path,
+    run_id: int,
+    initial: dict[str, torch.Tensor],
+    noise: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The device's own private layers, or ``initial`` the first time in this run.
 
-    Raises ``ModelError`` if a stored file does not match ``initial``'s names and shapes.
+    With ``noise`` the first time starts from :func:`perturbed` initial weights. Raises
+    ``ModelError`` if a stored file does not match ``initial``'s names and shapes.
     """
     path = private_path(cache_dir, run_id)
     if not path.exists():
         logger.info("private layers start from the initial weights (%s)", path)
-        return initial
+        return perturbed(initial, noise) if noise else initial
     own = load_file(str(path))
     check_weights(initial, own, f"private layers in {path}")
     return own
+
+
+def perturbed(
+    initial: dict[str, torch.Tensor], noise: float
+) -> dict[str, torch.Tensor]:
+    """``initial`` plus Gaussian noise of ``noise`` times each tensor's RMS.
+
+    The seed comes from the operating system and is never stored or sent: the server,
+    which holds ``initial``, does not hold the device's starting point (it knows
+    ``noise``, so an attacker may still train for it; the audit's attacks do not).
+    """
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    out = {}
+    for name, tensor in initial.items():
+        value = tensor.detach().float()
+        rms = value.pow(2).mean().sqrt()
+        jitter = torch.randn(value.shape, generator=generator) * (noise * rms)
+        out[name] = (value + jitter).to(tensor.dtype)
+    return out
 
 
 def save_private(cache_dir: Path, run_id: int, state: dict[str, torch.Tensor]) -> None:

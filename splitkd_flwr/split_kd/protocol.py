@@ -72,3 +72,5 @@ class RoundPlan(PlanRecord):
     smashed_noise: float  # d_chi-privacy epsilon on what the device sends (0: none)
     # the device keeps embeddings and blocks < m to itself (0: none)
     device_private_layers: int
+    # relative std of the secret noise a device adds to private-init once per run (0: none)
+    private_init_noise: float = 0.0

@@ -208,6 +208,7 @@ class SplitKD(RoundStrategy):
             kd_beta=c.kd_beta,
             smashed_noise=c.smashed_noise,
             device_private_layers=c.device_private_layers,
+            private_init_noise=c.private_init_noise,
         )
 
     def collect_replies(

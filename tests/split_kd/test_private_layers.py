@@ -25,7 +25,11 @@ from splitkd_flwr.split.partition import device_param_names, server_param_names
 from splitkd_flwr.split.ushape import ushape_device_names, ushape_server_names
 from splitkd_flwr.split_kd import protocol
 from splitkd_flwr.split_kd.loopback import LoopbackGrid
-from splitkd_flwr.split_kd.private_layers import private_path
+from splitkd_flwr.split_kd.private_layers import (
+    load_private,
+    private_path,
+    save_private,
+)
 from splitkd_flwr.split_kd.run import build_split_kd
 from tests.apps.tiny import save_tiny_pair
 
@@ -215,3 +219,25 @@ def test_a_plan_below_the_private_layers_is_refused_before_the_round(
     # Assert: the message names the planner; nothing was sent to the device
     assert "ShallowPlanner" in str(err.value) and "cut 1" in str(err.value)
     assert not [e for e in grid.log if e.message.metadata.message_type == "train"]
+
+
+def test_private_init_noise_moves_the_first_round_start_off_the_servers_copy(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    initial = {"w": torch.randn(256, 64) * 0.02, "norm": torch.ones(2048)}
+
+    # Execute: two devices' first rounds, then one's second round
+    first = load_private(tmp_path / "a", 1, initial, noise=0.1)
+    other = load_private(tmp_path / "b", 1, initial, noise=0.1)
+    save_private(tmp_path / "a", 1, first)
+    again = load_private(tmp_path / "a", 1, initial, noise=0.1)
+
+    # Assert: off the initial weights by about 10 % of each tensor's RMS, differently
+    # per device (a seed the server never sees); noise only at the start of a run
+    for name, value in initial.items():
+        shift = (first[name] - value).pow(2).mean().sqrt() / value.pow(2).mean().sqrt()
+        assert 0.08 < float(shift) < 0.12, name
+        assert not torch.equal(first[name], other[name])
+        assert torch.equal(again[name], first[name])
+    assert load_private(tmp_path / "c", 1, initial) is initial
