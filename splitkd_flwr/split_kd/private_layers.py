@@ -4,7 +4,8 @@ The device trains its student's input embeddings and blocks < m like the rest of
 side, but uploads only blocks m..cut-1; the trained private tensors live in
 ``private-layers-run<run_id>.safetensors`` under the node's cache dir between rounds. The
 first round of a run on a device starts them from ``private-init`` (the initial weights
-the server sends, the only copy it has). The file is per run: a new run (or a resumed
+the server sends, the only copy it has), plus the device's own secret noise with
+``private-init-noise``. The file is per run: a new run (or a resumed
 one, which Flower gives a new run id) starts again from the initial weights rather than
 reusing another run's training.
 """
