@@ -1,8 +1,14 @@
 """What the edge server recovers, and what each lever costs: the audit per configuration.
 
     .venv/bin/python bench/privacy.py [--rounds 3] [--search-steps 2]
+    .venv/bin/python bench/privacy.py --rounds 2 --vehicles 1 \
+        --only seed u-shape "seed + private layers" "u-shape + private layers"
 
-Per configuration (``seed``; ``u-shape``; ``u-shape`` with top-k soft labels) it runs
+With ``--vehicles 1`` the audited last round is the device's second: private layers are
+then one round ahead of the server's copy (in a device's first round they are not).
+
+Per configuration (``seed``; ``u-shape``; ``u-shape`` with top-k soft labels; with
+``smashed-noise``; ``seed`` and ``u-shape`` with ``device-private-layers = 2``) it runs
 ``splitkd audit``'s short in-process training on the built-in models and corpus,
 captures the last round as the server sees it, runs every attack, and prints one
 Markdown table (tokens recovered per channel and attack) plus the held-out perplexity
@@ -26,6 +32,8 @@ CONFIGS: dict[str, dict[str, object]] = {
     "u-shape, noise 2000": {"split-mode": "u-shape", "smashed-noise": 2000.0},
     "u-shape, noise 500": {"split-mode": "u-shape", "smashed-noise": 500.0},
     "u-shape, noise 100": {"split-mode": "u-shape", "smashed-noise": 100.0},
+    "seed + private layers": {"device-private-layers": 2},
+    "u-shape + private layers": {"split-mode": "u-shape", "device-private-layers": 2},
 }
 
 
@@ -55,6 +63,7 @@ def main() -> None:
             run.bytes_up_per_step,
             run.bytes_down_per_step,
             time.perf_counter() - started,
+            run.device_perplexity,
         )
         print(f"{name}: done in {utility[name][3]:.0f} s", flush=True)
     channels = sorted(
@@ -72,6 +81,13 @@ def main() -> None:
     print(
         "| held-out perplexity after the run | | "
         + " | ".join(f"{u[0]:.2f}" for u in utility.values())
+        + " |"
+    )
+    print(
+        "| held-out perplexity, the device's own student | | "
+        + " | ".join(
+            "same" if u[4] is None else f"{u[4]:.2f}" for u in utility.values()
+        )
         + " |"
     )
     print(

@@ -118,11 +118,17 @@ def audit_command(
         f"{run.bytes_down_per_step / 1e3:.1f} kB down per mini-batch; "
         f"{time.monotonic() - started:.0f} s"
     )
+    if run.device_perplexity is not None:
+        typer.echo(
+            f"the audited device's own student (its private layers): held-out "
+            f"perplexity {run.device_perplexity:.2f}"
+        )
     report = {
         "config": config.to_run_config(),
         "findings": [asdict(f) for f in findings],
         "initial perplexity": run.initial_perplexity,
         "final perplexity": run.final_perplexity,
+        "device perplexity": run.device_perplexity,
         "bytes up per step": run.bytes_up_per_step,
         "bytes down per step": run.bytes_down_per_step,
     }

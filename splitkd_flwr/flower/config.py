@@ -164,10 +164,18 @@ class RunConfig:
         0,
     )
     device_private_layers: int = _help(
-        "`seed` mode: the device's first m student layers (input embeddings and blocks "
-        "0..m-1) train on the device and are never uploaded (needs planner `fixed` and "
-        "cut-layer > m; 0: none)",
+        "the device's first m student layers (input embeddings and blocks 0..m-1) "
+        "train on the device and are never uploaded; every planner then cuts above "
+        "them (`fixed`: needs cut-layer > m); not with LoRA or cluster-size > 1; the "
+        "server still holds their initial weights, so a device's first round is "
+        "exposed (0: none)",
         0,
+    )
+    private_init_noise: float = _help(
+        "`device-private-layers`: relative std of Gaussian noise each device adds to "
+        "the initial private layers once per run, from a seed only it holds, so that "
+        "the server's copy is not exact in the device's first round (0: none)",
+        0.0,
     )
     smashed_noise: float = _help(
         "epsilon of d_chi-privacy noise per token on the teacher embeddings and student "
@@ -354,19 +362,29 @@ class RunConfig:
         )
 
     def _check_private_layers(self) -> None:
-        """Private device layers need a cut above them in every round: only the `fixed`
-        planner guarantees that, so the other planners are refused with them."""
+        """Private device layers need a cut above them in every round: the planners are
+        given the shallowest cut allowed (and the round refuses any other); a `fixed`
+        cut is checked here. LoRA (a frozen provisioned base) and clustered rounds (one
+        shared device part) do not keep per-device layers."""
         m = self.device_private_layers
         if m < 0:
             raise ConfigError(f"device-private-layers must be >= 0, got {m}")
+        if not self.private_init_noise >= 0:
+            raise ConfigError(
+                f"private-init-noise must be >= 0, got {self.private_init_noise}"
+            )
         if m == 0:
             return
         refusals = [
-            (self.planner != "fixed", "planner must be `fixed`"),
-            (self.cut_layer <= m, f"cut-layer must be > {m}"),
-            (self.split_mode != "seed", "split-mode must be `seed`"),
-            (self.lora_rank > 0, "lora-rank must be 0"),
-            (self.cluster_size > 1, "cluster-size must be 1"),
+            (
+                self.planner == "fixed" and self.cut_layer <= m,
+                f"cut-layer > {m} with planner `fixed`",
+            ),
+            (self.lora_rank > 0, "lora-rank 0 (LoRA devices keep no private layers)"),
+            (
+                self.cluster_size > 1,
+                "cluster-size 1 (a cluster's devices share one device part)",
+            ),
         ]
         for refused, need in refusals:
             if refused:

@@ -47,7 +47,9 @@ class Planner(ABC):
     Subclass it and name your class in the run config
     (``planner = "mypkg.mymod:MyPlanner"``); it is built as
     ``MyPlanner(workload, cut_layer=..., delay_bound_s=...)``, plus the run's extra options
-    (``fleet``) if its constructor names them or takes ``**options``.
+    (``fleet``; ``min_cut_layer``, the shallowest cut allowed, m + 1 with
+    ``device-private-layers = m``) if its constructor names them or takes ``**options``.
+    A run refuses, before the round, a plan whose cut is not above the private layers.
     """
 
     def __init__(
@@ -74,6 +76,9 @@ class ModelledPlanner(Planner):
         or None for the paper's Table II fleet.
     attention_factor : float
         Passed to :class:`CostModel`.
+    min_cut_layer : int
+        The shallowest cut a plan may choose (a run with ``device-private-layers = m``
+        passes m + 1: the device's private layers must stay below the cut).
     """
 
     def __init__(
@@ -84,15 +89,26 @@ class ModelledPlanner(Planner):
         *,
         fleet: Fleet | str | Path | None = None,
         attention_factor: float = 1.0,
+        min_cut_layer: int = 1,
     ) -> None:
         super().__init__(workload, cut_layer, delay_bound_s)
         if delay_bound_s is not None and not delay_bound_s > 0:
             raise ConfigError(
                 f"delay-bound-s must be > 0 or unset, got {delay_bound_s}"
             )
+        top = workload.num_student_layers - 1
+        if not 1 <= min_cut_layer <= top:
+            raise ConfigError(
+                f"no cut is left above the device's private layers: the shallowest "
+                f"allowed cut is {min_cut_layer} (device-private-layers = "
+                f"{min_cut_layer - 1}) but the student's cuts are 1..{top}"
+            )
+        self.min_cut_layer = min_cut_layer
         self.fleet = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
         self.server = self.fleet.server_profile
         self.cost = CostModel(workload, self.server, attention_factor)
+        # (C,) the cuts a plan may choose at all, whatever the memory
+        self.cut_allowed = self.cost.cuts >= min_cut_layer
         self.clock_steps_hz = np.asarray(self.server.clock_steps_hz)  # (K,) ascending
         self._init_memory(workload)
 
@@ -118,11 +134,11 @@ class ModelledPlanner(Planner):
             self.server_fits = np.ones_like(self.server_fits)
 
     def cut_fits(self, profile: DeviceProfile) -> np.ndarray:
-        """(C,) whether each cut fits ``profile``'s memory and the server's."""
+        """(C,) whether each cut is allowed and fits ``profile``'s memory and the server's."""
         if not self.memory_limits:
-            return np.ones_like(self.server_fits)
+            return self.cut_allowed.copy()
         device = fits(self.device_memory_bytes, profile.memory_bytes)
-        return device & self.server_fits
+        return device & self.server_fits & self.cut_allowed
 
     def why_not(self, profile: DeviceProfile, cut_layer: int) -> str:
         """Why ``cut_layer`` does not fit (memory per side), or "" when it does."""
@@ -180,6 +196,11 @@ class Fixed(ModelledPlanner):
             raise ConfigError(
                 f"cut-layer must be in 1..{workload.num_student_layers - 1}, got {cut_layer}"
             )
+        if cut_layer < self.min_cut_layer:
+            raise ConfigError(
+                f"cut-layer must be > device-private-layers = {self.min_cut_layer - 1}, "
+                f"got {cut_layer}"
+            )
 
     def plan(self, device: DeviceState, server_round: int) -> Plan:
         """Return the fixed cut (modelled when the device's link is known)."""
@@ -193,11 +214,12 @@ class Fixed(ModelledPlanner):
 
 
 class ServerOnly(ModelledPlanner):
-    """The paper's server-only baseline: the device trains student layer 1 (cut 1)."""
+    """The paper's server-only baseline: the device trains student layer 1 (cut 1), or
+    the shallowest cut above the device's private layers (``min_cut_layer``)."""
 
     def plan(self, device: DeviceState, server_round: int) -> Plan:
-        """Cut 1, server clock left alone (modelled at its top clock)."""
-        return self._fixed_cut(device, 1, None)
+        """The shallowest allowed cut, server clock left alone (modelled at its top clock)."""
+        return self._fixed_cut(device, self.min_cut_layer, None)
 
 
 class DeviceOnly(ModelledPlanner):
@@ -281,7 +303,10 @@ class EnergyOptimal(ModelledPlanner):
             if fit[d].any():
                 cut = int(np.argmin(np.where(fit[d], base.delay_s[d, :, _TOP], np.inf)))
             else:
-                cut = int(np.argmin(self.device_memory_bytes))
+                allowed_memory = np.where(
+                    self.cut_allowed, self.device_memory_bytes, np.inf
+                )
+                cut = int(np.argmin(allowed_memory))
                 logger.warning(
                     "round %s: no cut fits node %s: %s",
                     server_round,
@@ -332,8 +357,9 @@ def load_planner(
 ) -> Planner:
     """Build a planner from a registered name or a dotted path.
 
-    ``options`` (e.g. ``fleet``) go only to constructors that name them or take ``**options``:
-    a plug-in written against :class:`Planner`'s interface gets just its three arguments.
+    ``options`` (e.g. ``fleet``, ``min_cut_layer``) go only to constructors that name
+    them or take ``**options``: a plug-in written against :class:`Planner`'s interface
+    gets just its three arguments (the run then checks each plan's cut itself).
     """
     return load_component(
         spec,

@@ -94,10 +94,14 @@ class SplitServer:
         return {name: to_host(base[name]).contiguous() for name in sorted(wanted)}
 
     def device_names(self, cut_layer: int) -> list[str]:
-        """The student's state_dict keys the device trains (and returns) at ``cut_layer``."""
+        """The student's state_dict keys the device trains (and returns) at ``cut_layer``,
+        less the private ones."""
         private = set(self.private_names())
-        names = device_param_names(self.student, cut_layer, trainable_only=True)
-        return [name for name in names if name not in private]
+        return [n for n in self.device_side_names(cut_layer) if n not in private]
+
+    def device_side_names(self, cut_layer: int) -> list[str]:
+        """Every trainable key on the device's side of ``cut_layer``, private ones included."""
+        return device_param_names(self.student, cut_layer, trainable_only=True)
 
     def private_names(self) -> list[str]:
         """The keys the devices keep to themselves (embeddings, blocks < private_layers)."""

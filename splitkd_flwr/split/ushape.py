@@ -218,6 +218,8 @@ class UShapeServer(SplitServer):
 
     The device trains (and returns) the embeddings, the blocks below the cut, the final
     norm and the LM head; the server's loss is the device's, arriving as ``grad_top``.
+    With ``private_layers = m`` the embeddings and blocks < m are trained but never sent
+    or returned (as in :class:`SplitServer`).
     """
 
     def __init__(
@@ -229,12 +231,13 @@ class UShapeServer(SplitServer):
         *,
         top_k: int = 0,
         temperature: float = 1.0,
+        private_layers: int = 0,
     ) -> None:
-        super().__init__(teacher, student, loss_fn, lr)
+        super().__init__(teacher, student, loss_fn, lr, private_layers=private_layers)
         self.top_k = top_k
         self.temperature = temperature
 
-    def device_names(self, cut_layer: int) -> list[str]:
+    def device_side_names(self, cut_layer: int) -> list[str]:
         """Embeddings, blocks below the cut, final norm and LM head."""
         return ushape_device_names(self.student, cut_layer)
 

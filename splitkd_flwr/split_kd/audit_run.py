@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from flwr.app import Message
+from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
 from splitkd_flwr.core.errors import RoundFailedError
@@ -24,8 +25,10 @@ from splitkd_flwr.flower.node_config import NodeConfig
 from splitkd_flwr.flower.run import held_out_batches
 from splitkd_flwr.privacy.audit import ServerKnowledge
 from splitkd_flwr.privacy.capture import FrameExchange, RoundCapture
+from splitkd_flwr.split.evaluate import evaluate_lm
 from splitkd_flwr.split_kd import protocol
 from splitkd_flwr.split_kd.loopback import LoopbackGrid
+from splitkd_flwr.split_kd.private_layers import private_path
 from splitkd_flwr.split_kd.run import build_split_kd
 from splitkd_flwr.split_kd.workspace import Workspace
 
@@ -45,6 +48,9 @@ class AuditRun:
     final_perplexity: float
     bytes_up_per_step: float
     bytes_down_per_step: float
+    # With device-private-layers: the audited device's own student (the server's, with
+    # the device's trained private layers) on the same held-out batches; else None.
+    device_perplexity: float | None = None
 
 
 def server_batches(
@@ -83,6 +89,7 @@ def run_and_capture(config: RunConfig, work_dir: Path, num_devices: int) -> Audi
         strategy.data_plane.observer = None
         final = strategy.evaluate()["eval-perplexity"]
         teacher = strategy.server.teacher
+        final_student = strategy.server.student
     (train,) = [
         e for e in grid.log[logged:] if e.message.metadata.message_type == "train"
     ]
@@ -118,6 +125,14 @@ def run_and_capture(config: RunConfig, work_dir: Path, num_devices: int) -> Audi
         pad_id=int(tokenizer.pad_token_id or 0),
     )
     steps = max(len(capture.steps()), 1)
+    own = private_path(node.cache_dir, context.run_id)
+    device_perplexity = None
+    if own.exists():
+        # The server's student lacks the trained private layers; the device's has them.
+        device_student = copy.deepcopy(final_student)
+        device_student.load_state_dict(load_file(str(own)), strict=False)
+        held_out = held_out_batches(config, tokenizer)
+        device_perplexity = evaluate_lm(device_student, held_out)["perplexity"]
     return AuditRun(
         capture=capture,
         knowledge=knowledge,
@@ -126,4 +141,5 @@ def run_and_capture(config: RunConfig, work_dir: Path, num_devices: int) -> Audi
         final_perplexity=final,
         bytes_up_per_step=stats["measured-bytes-up"] / steps,
         bytes_down_per_step=stats["measured-bytes-down"] / steps,
+        device_perplexity=device_perplexity,
     )

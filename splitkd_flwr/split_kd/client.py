@@ -92,7 +92,9 @@ def train(msg: Message, context: Context) -> Message:
     received = from_record(msg.content[protocol.DEVICE_WEIGHTS])
     if plan.device_private_layers:
         initial = from_record(msg.content[protocol.PRIVATE_INIT])
-        private = load_private(node.cache_dir, context.run_id, initial)
+        private = load_private(
+            node.cache_dir, context.run_id, initial, plan.private_init_noise
+        )
         received = {**received, **private}
     device_part, head = _device_part(node, plan, received)
     trained = (

@@ -4,7 +4,8 @@ The device trains its student's input embeddings and blocks < m like the rest of
 side, but uploads only blocks m..cut-1; the trained private tensors live in
 ``private-layers-run<run_id>.safetensors`` under the node's cache dir between rounds. The
 first round of a run on a device starts them from ``private-init`` (the initial weights
-the server sends, the only copy it has). The file is per run: a new run (or a resumed
+the server sends, the only copy it has), plus the device's own secret noise with
+``private-init-noise``. The file is per run: a new run (or a resumed
 one, which Flower gives a new run id) starts again from the initial weights rather than
 reusing another run's training.
 """
@@ -12,14 +13,35 @@ reusing another run's training.
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from splitkd_flwr.core.errors import ConfigError
 from splitkd_flwr.split.partition import check_weights
 
 logger = logging.getLogger(__name__)
+
+
+def min_cut_layer(private_layers: int) -> int:
+    """The shallowest cut a round may use: the private layers must lie below the cut."""
+    return private_layers + 1
+
+
+def check_plan_cut(cut_layer: int, private_layers: int, planner: str) -> None:
+    """Refuse (before the round) a planned cut that would put a private layer on the server.
+
+    Built-in planners never plan one (they get :func:`min_cut_layer`); a plug-in planner
+    that ignores ``min_cut_layer`` is stopped here.
+    """
+    if cut_layer < min_cut_layer(private_layers):
+        raise ConfigError(
+            f"planner {planner!r} chose cut {cut_layer}, but device-private-layers = "
+            f"{private_layers} needs a cut > {private_layers} (the device's private "
+            "layers never leave it); give the planner a `min_cut_layer` argument"
+        )
 
 
 def private_path(cache_dir: Path, run_id: int) -> Path:
@@ -28,19 +50,42 @@ def private_path(cache_dir: Path, run_id: int) -> Path:
 
 
 def load_private(
-    cache_dir: Path, run_id: int, initial: dict[str, torch.Tensor]
+    cache_dir: Path,
+    run_id: int,
+    initial: dict[str, torch.Tensor],
+    noise: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The device's own private layers, or ``initial`` the first time in this run.
 
-    Raises ``ModelError`` if a stored file does not match ``initial``'s names and shapes.
+    With ``noise`` the first time starts from :func:`perturbed` initial weights. Raises
+    ``ModelError`` if a stored file does not match ``initial``'s names and shapes.
     """
     path = private_path(cache_dir, run_id)
     if not path.exists():
         logger.info("private layers start from the initial weights (%s)", path)
-        return initial
+        return perturbed(initial, noise) if noise else initial
     own = load_file(str(path))
     check_weights(initial, own, f"private layers in {path}")
     return own
+
+
+def perturbed(
+    initial: dict[str, torch.Tensor], noise: float
+) -> dict[str, torch.Tensor]:
+    """``initial`` plus Gaussian noise of ``noise`` times each tensor's RMS.
+
+    The seed comes from the operating system and is never stored or sent: the server,
+    which holds ``initial``, does not hold the device's starting point (it knows
+    ``noise``, so an attacker may still train for it; the audit's attacks do not).
+    """
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    out = {}
+    for name, tensor in initial.items():
+        value = tensor.detach().float()
+        rms = value.pow(2).mean().sqrt()
+        jitter = torch.randn(value.shape, generator=generator) * (noise * rms)
+        out[name] = (value + jitter).to(tensor.dtype)
+    return out
 
 
 def save_private(cache_dir: Path, run_id: int, state: dict[str, torch.Tensor]) -> None:

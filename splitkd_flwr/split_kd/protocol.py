@@ -13,7 +13,8 @@ One run, as the server sees it:
    With ``device-private-layers = m > 0`` both ``device-weights`` leave out the student's
    input embeddings and blocks < m: the device keeps its own (``private-layers.safetensors``
    in its cache dir), initialised once from ``private-init`` (the initial weights, which
-   the server sends with every train message since its copy never changes).
+   the server sends with every train message since its copy never changes), plus its own
+   secret noise with ``plan.private-init-noise``.
 4. At the end, ``evaluate`` to every node -> ``student`` ArrayRecord (the whole distilled
    student, which the device keeps: deployment) -> ``metrics`` of the student on its data.
 """
@@ -72,3 +73,5 @@ class RoundPlan(PlanRecord):
     smashed_noise: float  # d_chi-privacy epsilon on what the device sends (0: none)
     # the device keeps embeddings and blocks < m to itself (0: none)
     device_private_layers: int
+    # relative std of the secret noise a device adds to private-init once per run (0: none)
+    private_init_noise: float = 0.0

@@ -20,6 +20,7 @@ from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.ushape import UShapeServer
 from splitkd_flwr.split_kd.cluster import ClusterSplitKD, cluster_parts
 from splitkd_flwr.split_kd.dataplane import DataPlane
+from splitkd_flwr.split_kd.private_layers import min_cut_layer
 from splitkd_flwr.split_kd.strategy import SplitKD
 from splitkd_flwr.split_kd.workspace import Workspace
 from splitkd_flwr.transport.stream import DataPlaneServer, ServerTLS
@@ -42,6 +43,7 @@ def split_server(config: RunConfig, workspace: Workspace) -> SplitServer:
             config.server_lr,
             top_k=config.teacher_top_k,
             temperature=config.kd_temperature,
+            private_layers=config.device_private_layers,
         )
     return workspace.split_server()
 
@@ -97,6 +99,7 @@ def build_split_kd(config: RunConfig, output_dir: Path) -> Iterator[SplitKD]:
                 workspace.workload(),
                 cut_layer=config.cut_layer,
                 delay_bound_s=config.delay_bound_s or None,
+                min_cut_layer=min_cut_layer(config.device_private_layers),
                 **workspace.planner_options(),
             ),
             assets=workspace.device_assets(

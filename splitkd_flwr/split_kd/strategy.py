@@ -27,7 +27,7 @@ from splitkd_flwr.split_kd.arrays import from_record, state_bytes, to_record
 from splitkd_flwr.split_kd.assets import DeviceAssets
 from splitkd_flwr.split_kd.dataplane import DataPlane, RoundInProgress
 from splitkd_flwr.split_kd.nodes import NodeRegistry
-from splitkd_flwr.split_kd.private_layers import write_private_note
+from splitkd_flwr.split_kd.private_layers import check_plan_cut, write_private_note
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ class SplitKD(RoundStrategy):
         """Select one device, plan its cut, open its data-plane round, build its message."""
         device = self.selector.select(self.candidates(server_round), server_round)
         plan = self.planner.plan(device, server_round)
+        check_plan_cut(
+            plan.cut_layer, self.config.device_private_layers, self.config.planner
+        )
         if plan.server_clock_hz is not None:
             self.monitor.apply_clock(plan.server_clock_hz)
         token = secrets.token_urlsafe(24)
@@ -205,6 +208,7 @@ class SplitKD(RoundStrategy):
             kd_beta=c.kd_beta,
             smashed_noise=c.smashed_noise,
             device_private_layers=c.device_private_layers,
+            private_init_noise=c.private_init_noise,
         )
 
     def collect_replies(

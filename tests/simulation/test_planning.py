@@ -29,6 +29,9 @@ WORKLOAD = Workload(
     param_bytes_per_element=2,
 )
 
+# ``device-private-layers = 2``: the run passes min_cut_layer = 3
+PRIVATE = 2
+
 
 def _random_instance(
     rng: np.random.Generator, **mode: object
@@ -106,6 +109,17 @@ def test_energy_optimal_equals_exhaustive_search_on_random_instances() -> None:
     assert feasible_seen > 100 and infeasible_seen > 20  # both branches exercised
 
 
+def test_energy_optimal_equals_exhaustive_search_over_cuts_above_private_layers() -> (
+    None
+):
+    # device-private-layers = 2: the search runs over cuts > 2 only
+    rng = np.random.default_rng(11)
+    feasible_seen, infeasible_seen = _check_against_exhaustive_search(
+        rng, 150, private=PRIVATE
+    )
+    assert feasible_seen > 80 and infeasible_seen > 20  # both branches exercised
+
+
 def test_energy_optimal_equals_exhaustive_search_in_u_shape() -> None:
     # u-shape moves the head's FLOPs to the device and adds its exchange to the link;
     # half the instances send the full distribution, half a random top-k
@@ -117,21 +131,33 @@ def test_energy_optimal_equals_exhaustive_search_in_u_shape() -> None:
 
 
 def _check_against_exhaustive_search(
-    rng: np.random.Generator, instances: int, top_k: bool = False, **mode: object
+    rng: np.random.Generator,
+    instances: int,
+    top_k: bool = False,
+    private: int = 0,
+    **mode: object,
 ) -> tuple[int, int]:
-    """Plan random instances; assert each plan is the brute force's; count both kinds."""
+    """Plan random instances; assert each plan is the brute force's; count both kinds.
+
+    With ``private`` (device-private-layers) the brute force covers cuts > private only.
+    """
     feasible_seen = infeasible_seen = 0
     for i in range(instances):
         # Prepare
         if top_k:
             mode["teacher_top_k"] = 0 if i % 2 else int(rng.integers(1, 65))
         workload, fleet, states, bound = _random_instance(rng, **mode)
-        planner = EnergyOptimal(workload, delay_bound_s=bound, fleet=fleet)
+        if workload.num_student_layers < private + 2:
+            continue  # no cut above the private layers
+        planner = EnergyOptimal(
+            workload, delay_bound_s=bound, fleet=fleet, min_cut_layer=private + 1
+        )
         # Execute
         plans = planner.plan_many(states, 1, warn=False)
         # Assert
         for state, plan in zip(states, plans):
             delay, energy = _brute_force(planner, state)
+            delay, energy = delay[private:], energy[private:]  # rows: cuts > private
             ok = delay <= bound
             if ok.any():
                 feasible_seen += 1
@@ -144,7 +170,7 @@ def _check_against_exhaustive_search(
                 assert not plan.feasible
                 assert plan.modelled["delay_s"] == pytest.approx(delay.min(), rel=1e-12)
             assert plan.server_clock_hz in planner.clock_steps_hz
-            assert 1 <= plan.cut_layer <= workload.num_student_layers - 1
+            assert private < plan.cut_layer <= workload.num_student_layers - 1
     return feasible_seen, infeasible_seen
 
 
@@ -269,3 +295,53 @@ def test_ushape_full_distributions_dominate_the_downlink_and_top_k_fixes_it() ->
         assert f.modelled["downlink_s"] > 10 * s.modelled["downlink_s"]
         assert t.modelled["downlink_s"] < 2 * s.modelled["downlink_s"]
         assert t.modelled["energy_j"] < f.modelled["energy_j"]
+
+
+def _private_planners(
+    workload: Workload, fleet: Fleet, bound: float, rng: np.random.Generator
+) -> list[Planner]:
+    """Every built-in planner, told to keep the cut above PRIVATE layers."""
+    options = {"fleet": fleet, "min_cut_layer": PRIVATE + 1}
+    fixed_cut = int(rng.integers(PRIVATE + 1, workload.num_student_layers))
+    return [
+        load_planner(name, workload, fixed_cut, bound, **options)
+        for name in ("fixed", "server-only", "device-only", "energy-optimal")
+    ]
+
+
+def test_no_builtin_planner_cuts_at_or_below_the_private_layers() -> None:
+    rng = np.random.default_rng(7)
+    planned = 0
+    for _ in range(60):
+        # Prepare (a student with a cut above the private layers: 4 blocks or more)
+        workload, fleet, states, bound = _random_instance(rng)
+        if workload.num_student_layers < PRIVATE + 2:
+            continue
+        # Execute / Assert: every planner, every device of the fleet
+        for planner in _private_planners(workload, fleet, bound, rng):
+            for state in states:
+                plan = planner.plan(state, 1)
+                assert PRIVATE < plan.cut_layer < workload.num_student_layers
+                planned += 1
+    assert planned > 500
+    # server-only's "cut 1" becomes the shallowest allowed cut
+    state = DeviceState(0, 0, "agx-orin-1.3", uplink_bps=5e8, downlink_bps=1e9)
+    assert ServerOnly(WORKLOAD, min_cut_layer=3).plan(state, 1).cut_layer == 3
+
+
+def test_private_layers_memory_fallback_and_refusals() -> None:
+    # Prepare: a device that fits no cut, with memory limits (the fallback branch)
+    tiny = replace(DEFAULT_PROFILES["agx-orin-1.3"], name="tiny", memory_bytes=1e6)
+    fleet = Fleet(profiles={**DEFAULT_PROFILES, "tiny": tiny})
+    limited = Workload(16, 8, 64, 4, memory_limits=True)
+    state = DeviceState(0, 0, "tiny", uplink_bps=5e8, downlink_bps=1e9)
+
+    # Execute / Assert: the least memory-hungry cut above the private layers
+    assert EnergyOptimal(limited, fleet=fleet).plan(state, 1).cut_layer == 1
+    planner = EnergyOptimal(limited, fleet=fleet, min_cut_layer=PRIVATE + 1)
+    assert planner.plan(state, 1).cut_layer == PRIVATE + 1
+    # a fixed cut inside the private layers, or no cut left above them: refused
+    with pytest.raises(ConfigError, match="device-private-layers = 2"):
+        Fixed(WORKLOAD, cut_layer=2, min_cut_layer=PRIVATE + 1)
+    with pytest.raises(ConfigError, match="device-private-layers = 15"):
+        EnergyOptimal(WORKLOAD, min_cut_layer=16)

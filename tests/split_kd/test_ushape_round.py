@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 from splitkd_flwr.split.step import make_labels
+from splitkd_flwr.split_kd import protocol
 from splitkd_flwr.split_kd.audit_run import AuditRun, run_and_capture
 from tests.apps.tiny import tiny_run_config
 
@@ -36,12 +37,20 @@ def _is_direct_read(tensor: torch.Tensor, secrets: list[torch.Tensor]) -> bool:
     return False
 
 
-@pytest.mark.parametrize("top_k", [3, pytest.param(0, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("top_k", "private_layers"),
+    [(3, 0), (3, 1), pytest.param(0, 0, marks=pytest.mark.slow)],
+)
 def test_ushape_round_sends_no_label_and_no_id_to_the_server(
-    tmp_path: Path, top_k: int
+    tmp_path: Path, top_k: int, private_layers: int
 ) -> None:
     # Execute
-    run = _run(tmp_path, split_mode="u-shape", teacher_top_k=top_k)
+    run = _run(
+        tmp_path,
+        split_mode="u-shape",
+        teacher_top_k=top_k,
+        device_private_layers=private_layers,
+    )
 
     # Assert: the round trained, two exchanges per mini-batch
     capture = run.capture
@@ -81,6 +90,18 @@ def test_ushape_round_sends_no_label_and_no_id_to_the_server(
                 assert isinstance(record, (ConfigRecord, MetricRecord))
     assert ArrayRecord in kinds and MetricRecord in kinds
     assert set(capture.returned_weights) >= {"lm_head.weight", "model.norm.weight"}
+    # private layers: the embeddings and block 0 are neither sent nor returned
+    weights = [
+        m.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
+        for m in run.messages
+        if protocol.DEVICE_WEIGHTS in m.content
+    ]
+    assert len(weights) == 2
+    for state in weights:
+        lowest = [n for n in state if "embed" in n or ".layers.0." in n]
+        assert bool(lowest) != bool(private_layers), lowest
+    # the audit prices the device's own student (its private layers) only when it has one
+    assert (run.device_perplexity is None) == (private_layers == 0)
 
 
 @pytest.mark.slow
