@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from splitkd_flwr.core.errors import RoundFailedError
+from splitkd_flwr.core.errors import ConfigError, RoundFailedError
 from splitkd_flwr.data.loading import Examples
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.flower.loop import RoundStrategy, TrainRound
@@ -26,6 +26,7 @@ from splitkd_flwr.koala.transfer import (
     state_of,
     unlabelled_kd_loss,
 )
+from splitkd_flwr.split.partition import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,37 @@ class Koala(RoundStrategy):
             }
         )
         return figures
+
+    def state_dict(self) -> dict[str, Any]:
+        """The large model, each small architecture's global model and the node sampler.
+
+        Both KD directions build a fresh AdamW each round (``transfer``), so the weights
+        are the whole training state.
+        """
+        return {
+            "large": self.large.state_dict(),
+            "smalls": [small.state_dict() for small in self.smalls],
+            "sampler": self._rng.getstate(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned; names and shapes must match exactly."""
+        if len(state["smalls"]) != len(self.smalls):
+            raise ConfigError(
+                f"checkpoint holds {len(state['smalls'])} small architectures, the run "
+                f"config names {len(self.smalls)} (student)"
+            )
+        for model, saved, what in [
+            (self.large, state["large"], "checkpointed large model"),
+            *(
+                (small, saved, f"checkpointed small-{k}")
+                for k, (small, saved) in enumerate(zip(self.smalls, state["smalls"]))
+            ),
+        ]:
+            check_weights(model.state_dict(), saved, what)
+            model.load_state_dict(saved)
+        version, internal, gauss = state["sampler"]
+        self._rng.setstate((version, tuple(internal), gauss))
 
     def evaluate(self) -> dict[str, Any]:
         """The large model's (``eval-*``) and each small model's held-out figures."""
