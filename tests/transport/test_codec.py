@@ -215,3 +215,39 @@ def test_spec_checks_names_dtypes_and_symbolic_dims() -> None:
     for frame, message in cases:
         with pytest.raises(TransportError, match=message):
             check_spec(frame, spec)
+
+
+def _large_with_bad(
+    bad: float, where: str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    # 4 MiB + one row of fp32: several MiB-sized pieces and a ragged end.
+    x = torch.randn(1025, 1024).to(dtype)
+    x.view(-1)[0 if where == "first" else -1] = bad
+    return x
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("wire", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
+def test_nonfinite_at_either_end_of_a_large_tensor_is_refused_on_both_sides(
+    bad: float, wire: str, where: str
+) -> None:
+    frame = Frame({"ok": torch.randn(3), "grad": _large_with_bad(bad, where)})
+    # Sender: refused as NaN/inf (not as a wire overflow), naming the tensor.
+    with pytest.raises(TransportError, match="^tensor 'grad' contains NaN or inf$"):
+        encode_frame(frame, wire)
+    # Receiver: the same frame sent unchecked is refused when decoded.
+    raw = bytearray(b"".join(encode_frame(frame, wire, check_finite=False)))
+    with pytest.raises(TransportError, match="^tensor 'grad' contains NaN or inf$"):
+        decode_frame(raw)
+
+
+def test_a_wire_cast_that_overflows_the_decoded_dtype_is_refused() -> None:
+    # fp32 bytes announced as an fp16 tensor: 1e6 is finite on the wire but inf once
+    # cast, so the decoded tensor (not the wire bytes) must be what is checked.
+    raw = bytearray(b"".join(encode_frame(Frame({"x": torch.full((2, 3), 1e6)}))))
+    raw[_header_offsets(raw)["dtype"]] = 2  # float16
+    with pytest.raises(TransportError, match="'x' contains NaN or inf"):
+        decode_frame(raw)
+    raw[_header_offsets(raw)["dtype"]] = 4  # float64: a widening cast is exact
+    assert torch.equal(decode_frame(raw)["x"], torch.full((2, 3), 1e6).double())
