@@ -89,6 +89,9 @@ def run_and_capture(config: RunConfig, work_dir: Path, num_devices: int) -> Audi
         strategy.data_plane.observer = None
         final = strategy.evaluate()["eval-perplexity"]
         teacher = strategy.server.teacher
+        private = (
+            strategy.server.private_state() if config.device_private_layers else {}
+        )
         final_student = strategy.server.student
     (train,) = [
         e for e in grid.log[logged:] if e.message.metadata.message_type == "train"
@@ -99,11 +102,10 @@ def run_and_capture(config: RunConfig, work_dir: Path, num_devices: int) -> Audi
     node = NodeConfig.from_node_config(context.node_config)
     tokenizer = load_device_tokenizer(node)
     sent = train.message.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
-    if protocol.PRIVATE_INIT in train.message.content:
-        # The server knows the private layers as they were at the start (it sent them),
-        # never as the device trained them: a stale copy after the device's first round.
-        private = train.message.content[protocol.PRIVATE_INIT].to_torch_state_dict()
-        sent = {**sent, **private}
+    # The server knows the private layers as they were at the start (its own student
+    # holds them; it sent them in the device's first round), never as the device trained
+    # them: a stale copy after the device's first round.
+    sent = {**sent, **private}
     capture = RoundCapture(
         split_mode=plan.split_mode,
         cut_layer=plan.cut_layer,

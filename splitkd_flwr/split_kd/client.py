@@ -91,7 +91,11 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(plan.seed)
     received = from_record(msg.content[protocol.DEVICE_WEIGHTS])
     if plan.device_private_layers:
-        initial = from_record(msg.content[protocol.PRIVATE_INIT])
+        initial = (
+            from_record(msg.content[protocol.PRIVATE_INIT])
+            if protocol.PRIVATE_INIT in msg.content
+            else None
+        )
         private = load_private(
             node.cache_dir, context.run_id, initial, plan.private_init_noise
         )

@@ -130,6 +130,10 @@ class RoundInProgress:
         """Whether the stream has already ended in an error."""
         return self.handle.error is not None
 
+    def connected(self) -> bool:
+        """Whether the device ever opened this round's stream."""
+        return self.handle.connected
+
     def finish(self, timeout_s: float = 10.0) -> dict[str, float]:
         """Wait for the clean end of the stream and return the round's measured figures.
 

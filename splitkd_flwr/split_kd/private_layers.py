@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError, ModelError
 from splitkd_flwr.split.partition import check_weights
 
 logger = logging.getLogger(__name__)
@@ -52,20 +52,34 @@ def private_path(cache_dir: Path, run_id: int) -> Path:
 def load_private(
     cache_dir: Path,
     run_id: int,
-    initial: dict[str, torch.Tensor],
+    initial: dict[str, torch.Tensor] | None,
     noise: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The device's own private layers, or ``initial`` the first time in this run.
 
-    With ``noise`` the first time starts from :func:`perturbed` initial weights. Raises
-    ``ModelError`` if a stored file does not match ``initial``'s names and shapes.
+    The server sends ``initial`` (``private-init``) only until the device has committed a
+    round of this run; after that it is None and the device's own file must exist. With
+    ``noise`` the first time starts from :func:`perturbed` initial weights.
+
+    Raises
+    ------
+    ModelError
+        A stored file does not match ``initial``'s names and shapes, or the device has no
+        file and the server sent no initial weights (its cache dir was cleared mid-run:
+        the round fails, and the server sends ``private-init`` with the next one).
     """
     path = private_path(cache_dir, run_id)
     if not path.exists():
+        if initial is None:
+            raise ModelError(
+                f"device-private-layers: this device holds no private layers for run "
+                f"{run_id} ({path} is missing) and the server sent no private-init"
+            )
         logger.info("private layers start from the initial weights (%s)", path)
         return perturbed(initial, noise) if noise else initial
     own = load_file(str(path))
-    check_weights(initial, own, f"private layers in {path}")
+    if initial is not None:
+        check_weights(initial, own, f"private layers in {path}")
     return own
 
 

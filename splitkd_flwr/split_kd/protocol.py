@@ -13,8 +13,8 @@ One run, as the server sees it:
    With ``device-private-layers = m > 0`` both ``device-weights`` leave out the student's
    input embeddings and blocks < m: the device keeps its own (``private-layers.safetensors``
    in its cache dir), initialised once from ``private-init`` (the initial weights, which
-   the server sends with every train message since its copy never changes), plus its own
-   secret noise with ``plan.private-init-noise``.
+   the server sends until the node has committed a round of this run, and again after a
+   failed round of it), plus its own secret noise with ``plan.private-init-noise``.
 4. At the end, ``evaluate`` to every node -> ``student`` ArrayRecord (the whole distilled
    student, which the device keeps: deployment) -> ``metrics`` of the student on its data.
 """

@@ -101,6 +101,9 @@ class SplitKD(RoundStrategy):
         self._provisioned_reported = 0
         # node -> (modelled device J, rounds): what energy-aware selectors read.
         self.usage: dict[int, tuple[float, int]] = {}
+        # Nodes that committed a round of this Flower run, so keep their own private
+        # layers (never checkpointed: a resumed run is a new run, its devices start over).
+        self._holds_private: set[int] = set()
         # partition id -> usage from a checkpoint, moved into usage when the node shows.
         self._restored_usage: dict[int, tuple[float, int]] = {}
         logger.info(
@@ -157,8 +160,13 @@ class SplitKD(RoundStrategy):
                 protocol.DEVICE_WEIGHTS: to_record(device_state),
             }
         )
-        if self.config.device_private_layers:
-            # The initial weights only (the server never learns the trained ones).
+        if (
+            self.config.device_private_layers
+            and device.node_id not in self._holds_private
+        ):
+            # The initial weights only (the server never learns the trained ones), and
+            # only until the device keeps its own: at real scale they hold the
+            # embedding table (0.5 GB in bf16 for Llama-3.2-1B).
             private = self.server.private_state()
             content[protocol.PRIVATE_INIT] = to_record(private)
             device_state = {**device_state, **private}
@@ -233,6 +241,16 @@ class SplitKD(RoundStrategy):
         """Commit the device's weights if its stream and reply are sound; else raise."""
         assert isinstance(train_round, SplitRound) and train_round.stream is not None
         try:
+            if (
+                replies
+                and replies[0].has_error()
+                and not train_round.stream.connected()
+            ):
+                # The device failed before it opened the stream: its reason is the
+                # round's, with no wait for a stream that will never come.
+                raise RoundFailedError(
+                    f"the device reported: {replies[0].error.reason}"
+                )
             stats = train_round.stream.finish()
             if not replies:
                 raise RoundFailedError("the device did not reply")
@@ -250,12 +268,18 @@ class SplitKD(RoundStrategy):
         finally:
             train_round.stream.close()
         self._charge(train_round)
+        if train_round.device is not None:
+            self._holds_private.add(train_round.device.node_id)
         return {**device_metrics, **stats}
 
     def abort_train(self, train_round: TrainRound | None) -> None:
         """Close the data-plane round, if any, and restore the server's state before it."""
         if isinstance(train_round, SplitRound) and train_round.stream is not None:
             train_round.stream.close()
+            # Whatever failed, the next round of this device carries private-init again
+            # (a device that kept its layers ignores it).
+            if train_round.device is not None:
+                self._holds_private.discard(train_round.device.node_id)
         self.server.rollback()
 
     def _charge(self, train_round: SplitRound) -> None:

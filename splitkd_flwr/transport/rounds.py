@@ -91,6 +91,11 @@ class RoundHandle:
         )
         self._idle.wait()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a device presented this round's token (the round may have ended since)."""
+        return self._started > 0
+
     def attach(self, peer: str) -> None:
         """Note the device's connection; called once, when its token is accepted."""
         self._started = time.monotonic()

@@ -1,6 +1,6 @@
 """Private device layers (``device-private-layers``): a real round loop with in-process devices.
 
-The real strategy, client handlers and gRPC data plane run (LoopbackGrid in place of
+The real strategy, client handlers and data plane run (LoopbackGrid in place of
 Flower's processes), in both split modes. What is checked: the messages carry no private
 tensor, the server's copy stays the initial weights, the device's own copy persists and
 trains, the server's part of a round is the same as without private layers, deployment
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from splitkd_flwr.core.errors import ConfigError
+from splitkd_flwr.core.errors import ConfigError, ModelError, RoundFailedError
 from splitkd_flwr.core.types import DeviceState
 from splitkd_flwr.flower.config import RunConfig
 from splitkd_flwr.simulation.planning import Plan, Planner
@@ -112,6 +112,13 @@ def test_private_layers_stay_on_the_device_and_keep_training(private_run) -> Non
     assert any("embed" in n for n in private) and public and private <= device_side
     trains = [e for e in grid.log if e.message.metadata.message_type == "train"]
     assert len(trains) == 2
+    # the initial private layers go to the device until it keeps its own (round 1 only)
+    assert [protocol.PRIVATE_INIT in e.message.content for e in trains] == [True, False]
+    sent_bytes = [
+        sum(r.count_bytes() for r in e.message.content.array_records.values())
+        for e in trains
+    ]
+    assert sent_bytes[1] < sent_bytes[0]
     for exchange in trains:
         down = exchange.message.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
         up = exchange.reply.content[protocol.DEVICE_WEIGHTS].to_torch_state_dict()
@@ -241,3 +248,40 @@ def test_private_init_noise_moves_the_first_round_start_off_the_servers_copy(
         assert not torch.equal(first[name], other[name])
         assert torch.equal(again[name], first[name])
     assert load_private(tmp_path / "c", 1, initial) is initial
+
+
+def test_a_device_that_lost_its_private_layers_fails_once_then_gets_them_again(
+    tmp_path: Path,
+) -> None:
+    # Prepare: one device commits round 1, then its cache loses the private layers
+    config = _config(tmp_path / "models", device_private_layers=2, num_rounds=3)
+    kept = private_path(tmp_path / "devices" / "partition-0", 1)
+    with build_split_kd(config, tmp_path / "run") as strategy:
+        grid = LoopbackGrid(1, tmp_path / "devices")
+        strategy.refresh_nodes(grid, _TIMEOUT_S)
+        outcomes = []
+        for server_round in (1, 2, 3):
+            if server_round == 2:
+                kept.unlink()
+            train_round = strategy.configure_train(server_round, grid)
+            replies = strategy.collect_replies(grid, train_round, _TIMEOUT_S)
+            try:
+                strategy.aggregate_train(train_round, replies)
+                outcomes.append("ok")
+            except RoundFailedError as err:
+                strategy.abort_train(train_round)
+                outcomes.append(str(err))
+
+    # Assert: round 2 (no private-init, no file) fails naming why; round 3 gets it again
+    trains = [e for e in grid.log if e.message.metadata.message_type == "train"]
+    assert [protocol.PRIVATE_INIT in e.message.content for e in trains] == [
+        True,
+        False,
+        True,
+    ]
+    assert outcomes[0] == outcomes[2] == "ok"
+    assert "holds no private layers" in outcomes[1]
+    assert "private-init" in outcomes[1]
+    assert kept.exists()
+    with pytest.raises(ModelError, match="holds no private layers"):
+        load_private(tmp_path / "empty", 1, None)
