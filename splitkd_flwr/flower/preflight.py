@@ -73,6 +73,12 @@ def check_run(config: RunConfig, explicit: Collection[str] = ()) -> None:
             f"cut-layer must be in 1..{layers - 1} (the student has {layers} blocks), "
             f"got {config.cut_layer}"
         )
+    if config.device_private_layers > layers - 2:
+        raise ConfigError(
+            f"device-private-layers must be at most {layers - 2} (the student has "
+            f"{layers} blocks and every cut must lie above the private layers), got "
+            f"{config.device_private_layers}"
+        )
 
 
 def _check_files(config: RunConfig) -> None:

@@ -88,6 +88,7 @@ def test_builtin_planners_still_get_their_fleet() -> None:
         ({"eval-data": "/no/such/file.txt"}, "eval-data"),
         ({"scenario-fleet": "/no/such/fleet.toml"}, "scenario-fleet"),
         ({"student": "/no/such/student"}, "student"),
+        ({"device-private-layers": 15}, "device-private-layers must be at most 14"),
     ],
 )
 def test_check_run_names_the_bad_key(values: dict, named: str) -> None:
