@@ -282,9 +282,16 @@ def check_weights(
 
 
 def partition(
-    teacher: PreTrainedModel, student: PreTrainedModel, cut_layer: int
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    cut_layer: int,
+    *,
+    server_head: bool = True,
 ) -> tuple[DevicePart, ServerPart]:
     """Split a teacher/student pair at ``cut_layer``; parts share the models' weights.
+
+    With ``server_head=False`` (u-shape) the server's segment stops after the last block:
+    the final norm and the LM head stay with the device.
 
     The student is untied first if its head and input embedding share a weight (see
     ``models.untie_embeddings``); the teacher is frozen.
@@ -301,7 +308,7 @@ def partition(
     freeze(teacher)
     device = DevicePart.from_parts(teacher.get_input_embeddings(), student, cut_layer)
     top = num_layers(student)
-    upper = StudentSegment(student, cut_layer, top, embed=False, head=True)
+    upper = StudentSegment(student, cut_layer, top, embed=False, head=server_head)
     return device, ServerPart(teacher, upper)
 
 

@@ -25,12 +25,13 @@ from transformers import PreTrainedModel
 
 from splitkd_flwr.core.errors import ModelError, SplitKDError
 from splitkd_flwr.split.loss import TopKTeacher, topk_teacher
-from splitkd_flwr.split.models import check_cut_layer, check_pair, freeze, num_layers
+from splitkd_flwr.split.models import check_cut_layer, num_layers
 from splitkd_flwr.split.partition import (
     DevicePart,
     ServerPart,
     StudentSegment,
     check_weights,
+    partition,
 )
 from splitkd_flwr.split.server import SplitServer
 from splitkd_flwr.split.step import LossFn, _check_finite, _unpack_loss
@@ -52,13 +53,8 @@ def ushape_partition(
     final norm and LM head (its "logits" are the hidden state after the last block); the
     head segment ``[L, L)`` holds the final norm and the LM head, on the device.
     """
-    check_pair(teacher, student)
-    check_cut_layer(cut_layer, num_layers(student))
-    freeze(teacher)
-    device = DevicePart.from_parts(teacher.get_input_embeddings(), student, cut_layer)
-    top = num_layers(student)
-    middle = StudentSegment(student, cut_layer, top, embed=False, head=False)
-    return device, ServerPart(teacher, middle), ushape_head(student)
+    device, middle = partition(teacher, student, cut_layer, server_head=False)
+    return device, middle, ushape_head(student)
 
 
 def ushape_head(student: PreTrainedModel) -> StudentSegment:
